@@ -1,0 +1,448 @@
+"""The sync engine: source view, dirty sets, micro-batches, intents and outcomes.
+
+Events update the source view and mark persons dirty per activation; one worker per activation
+drains its dirty set in batches (``max_size`` / ``max_wait_ms``), reconciles each person at that
+moment (so any number of changes become one operation), records an intent, sends, and records
+the outcome. Nothing here holds the input back: what an activation owes is always recomputable
+from state (design §5).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import anyio
+import structlog
+
+from stream_sync import metrics
+from stream_sync.destinations.base import (
+    Adapter,
+    BatchRejected,
+    FatalDestinationError,
+    Operation,
+    Outcome,
+    OutcomeKind,
+)
+from stream_sync.dryrun import DryRunWriter
+from stream_sync.events import AttributeChange, MembershipChange, PersonDeleted
+from stream_sync.reconcile import (
+    ActivationPlan,
+    DecisionKind,
+    Warning_,
+    reconcile,
+    record_after,
+)
+from stream_sync.state import (
+    BatchIntent,
+    IntendedOp,
+    OpKind,
+    Person,
+    SyncRecord,
+    apply_attributes,
+    apply_deleted,
+    apply_membership,
+)
+from stream_sync.statewriter import StateWriter, WarningSink
+
+log = structlog.get_logger("stream_sync.engine")
+
+
+class Store:
+    """Persons of the partitions this instance owns."""
+
+    def __init__(self) -> None:
+        self.persons: dict[str, Person] = {}
+        self.by_partition: dict[int, set[str]] = {}
+        self.ready: set[int] = set()  # restored and caught up: reconcilable
+        #: activation id → resync token requested (``replay --full-resync``)
+        self.resync: dict[str, str] = {}
+
+    def owns(self, partition: int) -> bool:
+        return partition in self.by_partition
+
+    def get_or_create(self, person_id: str, partition: int) -> Person:
+        person = self.persons.get(person_id)
+        if person is None:
+            person = Person(partition)
+            self.persons[person_id] = person
+            self.by_partition.setdefault(partition, set()).add(person_id)
+        elif person.partition != partition:
+            # the person's events moved partition (producer partitioner changed): follow them
+            self.by_partition.get(person.partition, set()).discard(person_id)
+            person.partition = partition
+            self.by_partition.setdefault(partition, set()).add(person_id)
+        return person
+
+    def forget_if_empty(self, person_id: str) -> None:
+        person = self.persons.get(person_id)
+        if person is not None and person.forgettable():
+            del self.persons[person_id]
+            self.by_partition.get(person.partition, set()).discard(person_id)
+
+    def add_partition(self, partition: int) -> None:
+        self.by_partition.setdefault(partition, set())
+
+    def drop_partition(self, partition: int) -> None:
+        for pid in self.by_partition.pop(partition, set()):
+            self.persons.pop(pid, None)
+        self.ready.discard(partition)
+
+
+@dataclass(slots=True)
+class _Pending:
+    person_id: str
+    person: Person
+    op: Operation
+    desired: dict[str, object] | None
+    before: SyncRecord | None
+
+
+class ActivationWorker:
+    """Drains one activation's dirty set into batches for its destination."""
+
+    def __init__(
+        self,
+        plan: ActivationPlan,
+        destination: str,
+        adapter: Adapter,
+        *,
+        max_size: int,
+        max_wait_ms: int,
+        store: Store,
+        writer: StateWriter,
+        warnings: WarningSink,
+        dry_run: DryRunWriter | None,
+        on_stopped: Callable[[str], None],
+    ) -> None:
+        self.plan = plan
+        self.id = plan.id
+        self.destination = destination
+        self.adapter = adapter
+        self.max_size = max_size
+        self.max_wait_s = max_wait_ms / 1000
+        self.store = store
+        self.writer = writer
+        self.warnings = warnings
+        self.dry_run = dry_run
+        self._on_stopped = on_stopped
+        self.dirty: dict[str, float] = {}
+        self.in_flight: set[str] = set()
+        self.pending_identifier: set[str] = set()
+        self.running = True
+        self.stopping = False
+        self.batches_in_flight = 0
+        self._wake = anyio.Event()
+        self.sent_operations = 0
+        metrics.ACTIVATION_RUNNING.labels(self.id).set(1)
+
+    # --- dirty marking (called from the consume loop) ------------------------------------
+
+    def mark(self, person_id: str) -> None:
+        if not self.running:
+            return
+        if person_id not in self.dirty:
+            self.dirty[person_id] = time.monotonic()
+            if len(self.dirty) >= self.max_size or len(self.dirty) == 1:
+                self._wake.set()
+
+    def mark_wake(self) -> None:
+        self._wake.set()
+
+    def discard_partition(self, person_ids: Iterable[str]) -> None:
+        for pid in person_ids:
+            self.dirty.pop(pid, None)
+            self.pending_identifier.discard(pid)
+
+    def backlog_scan(self, person_ids: Iterable[str]) -> None:
+        """After restore and catch-up: mark every person whose destination record differs."""
+        token = self.store.resync.get(self.id)
+        persons = self.store.persons
+        for pid in person_ids:
+            person = persons.get(pid)
+            if person is None:
+                continue
+            if self.plan.segment not in person.segments and self.id not in person.sync:
+                continue
+            decision = reconcile(self.plan, pid, person, token)
+            if decision.kind in (DecisionKind.SEND, DecisionKind.RECORD):
+                self.mark(pid)
+            elif decision.kind is DecisionKind.PENDING:
+                self.pending_identifier.add(pid)
+        metrics.PENDING_IDENTIFIER.labels(self.id).set(len(self.pending_identifier))
+        metrics.BACKLOG.labels(self.id).set(len(self.dirty))
+
+    # --- the worker loop -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while self.running and not self.stopping:
+            batch = await self._next_batch()
+            if batch is None:
+                continue
+            self.batches_in_flight += 1
+            try:
+                await self._process(batch)
+            except FatalDestinationError as err:
+                self._stop(err)
+            finally:
+                self.batches_in_flight -= 1
+                self.in_flight.difference_update(batch)
+
+    async def _next_batch(self) -> list[str] | None:
+        while True:
+            if self.stopping or not self.running:
+                return None
+            ready = self._ready_count()
+            if ready == 0:
+                self._wake = anyio.Event()
+                with anyio.move_on_after(0.5):
+                    await self._wake.wait()
+                continue
+            if ready < self.max_size:
+                oldest = next(iter(self.dirty.values()))
+                wait = oldest + self.max_wait_s - time.monotonic()
+                if wait > 0:
+                    self._wake = anyio.Event()
+                    with anyio.move_on_after(wait):
+                        await self._wake.wait()
+                    continue
+            return self._take()
+
+    def _ready_count(self) -> int:
+        if not self.in_flight:
+            return len(self.dirty)
+        return sum(1 for pid in self.dirty if pid not in self.in_flight)
+
+    def _take(self) -> list[str]:
+        taken: list[str] = []
+        ready_partitions = self.store.ready
+        persons = self.store.persons
+        for pid in list(self.dirty):
+            if pid in self.in_flight:
+                continue
+            person = persons.get(pid)
+            if person is None or person.partition not in ready_partitions:
+                del self.dirty[pid]
+                continue
+            del self.dirty[pid]
+            taken.append(pid)
+            if len(taken) >= self.max_size:
+                break
+        self.in_flight.update(taken)
+        metrics.BACKLOG.labels(self.id).set(len(self.dirty))
+        return taken
+
+    async def _process(self, person_ids: Sequence[str]) -> None:
+        token = self.store.resync.get(self.id)
+        pending: list[_Pending] = []
+        persist = self.dry_run is None
+        for pid in person_ids:
+            person = self.store.persons.get(pid)
+            if person is None:
+                continue
+            decision = reconcile(self.plan, pid, person, token)
+            self._emit(decision.warnings, pid)
+            if decision.kind is DecisionKind.PENDING:
+                self.pending_identifier.add(pid)
+                continue
+            self.pending_identifier.discard(pid)
+            if decision.kind is DecisionKind.RECORD:
+                self._set_record(pid, person, decision.record, persist)
+            elif decision.kind is DecisionKind.SEND and decision.op is not None:
+                pending.append(
+                    _Pending(pid, person, decision.op, decision.desired, person.sync.get(self.id))
+                )
+        metrics.PENDING_IDENTIFIER.labels(self.id).set(len(self.pending_identifier))
+        if not pending:
+            return
+        ops = [p.op for p in pending]
+        metrics.BATCH_SIZE.labels(self.id).observe(len(ops))
+        if self.dry_run is not None:
+            self.dry_run.write(self.id, self.destination, self.adapter, ops)
+            outcomes = [Outcome.applied() for _ in ops]
+            self._record_outcomes(pending, outcomes, token, persist=False)
+            return
+        intent_keys = await self._write_intents(pending)
+        outcomes = await self._apply_split(ops)
+        self._record_outcomes(pending, outcomes, token, persist=True)
+        for partition, key in intent_keys:
+            if self.store.owns(partition):
+                self.writer.tombstone(partition, key)
+
+    async def _write_intents(self, pending: Sequence[_Pending]) -> list[tuple[int, bytes]]:
+        by_partition: dict[int, list[IntendedOp]] = {}
+        for p in pending:
+            op = p.op
+            by_partition.setdefault(p.person.partition, []).append(
+                IntendedOp(p.person_id, op.kind, op.identifier, tuple(op.fields), op.clears)
+            )
+        batch_id = uuid.uuid4().hex
+        keys = []
+        for partition, ops in by_partition.items():
+            key = self.writer.write_intent(partition, self.id, batch_id, BatchIntent(self.id, tuple(ops)))
+            keys.append((partition, key))
+        await self.writer.flush()
+        return keys
+
+    async def _apply_split(self, ops: Sequence[Operation]) -> list[Outcome]:
+        try:
+            outcomes = await self.adapter.apply(ops)
+        except BatchRejected as err:
+            if len(ops) == 1:
+                return [Outcome.rejected(err.reason, err.message)]
+            mid = len(ops) // 2
+            return [*await self._apply_split(ops[:mid]), *await self._apply_split(ops[mid:])]
+        if len(outcomes) != len(ops):
+            raise RuntimeError(
+                f"{self.adapter.type_name} adapter answered {len(outcomes)} outcomes "
+                f"for {len(ops)} operations"
+            )
+        return outcomes
+
+    def _record_outcomes(
+        self,
+        pending: Sequence[_Pending],
+        outcomes: Sequence[Outcome],
+        token: str | None,
+        *,
+        persist: bool,
+    ) -> None:
+        for p, outcome in zip(pending, outcomes, strict=True):
+            op = p.op
+            kind = _op_label(op)
+            metrics.OPERATIONS.labels(self.id, kind, outcome.kind.value).inc()
+            self.sent_operations += 1
+            if self.store.persons.get(p.person_id) is not p.person:
+                continue  # partition revoked meanwhile: the new owner resolves the intent
+            for problem in outcome.attribute_problems:
+                self._warn(
+                    "attribute_rejected", problem.reason, problem.message, p.person_id,
+                    attribute=problem.field,
+                )
+            if outcome.kind is OutcomeKind.REJECTED:
+                self._warn(
+                    "rejected",
+                    outcome.reason or "rejected",
+                    outcome.message or "the destination refused the person",
+                    p.person_id,
+                )
+            record = record_after(p.before, op, p.desired, outcome, token)  # type: ignore[arg-type]
+            self._set_record(p.person_id, p.person, record, persist)
+
+    def _set_record(
+        self, person_id: str, person: Person, record: SyncRecord | None, persist: bool
+    ) -> None:
+        if record is None:
+            person.sync.pop(self.id, None)
+        else:
+            person.sync[self.id] = record
+        if persist:
+            self.writer.write_sync(person.partition, self.id, person_id, record)
+        if record is None:
+            self.store.forget_if_empty(person_id)
+
+    def _emit(self, warnings: list[Warning_], person_id: str) -> None:
+        for w in warnings:
+            self._warn(w.kind, w.reason, w.message, person_id, attribute=w.attribute)
+
+    def _warn(
+        self, kind: str, reason: str, message: str, person_id: str | None, *,
+        attribute: str | None = None,
+    ) -> None:
+        self.warnings.emit(
+            kind,
+            reason,
+            message,
+            activation=self.id,
+            destination=self.destination,
+            person_id=person_id,
+            attribute=attribute,
+        )
+
+    def _stop(self, err: FatalDestinationError) -> None:
+        self.running = False
+        metrics.ACTIVATION_RUNNING.labels(self.id).set(0)
+        log.error(
+            "activation_stopped",
+            activation=self.id,
+            destination=self.destination,
+            reason=err.reason,
+            error=err.message,
+        )
+        self._warn("activation_stopped", err.reason, err.message, None)
+        self.dirty.clear()
+        self._on_stopped(self.id)
+
+
+def _op_label(op: Operation) -> str:
+    if op.kind is OpKind.DELETE:
+        return "delete"
+    return "create" if op.full else "update"
+
+
+class Engine:
+    """Applies input events to the source view and routes dirty persons to workers."""
+
+    def __init__(self, store: Store, workers: Sequence[ActivationWorker], writer: StateWriter) -> None:
+        self.store = store
+        self.workers = list(workers)
+        self.writer = writer
+        self.by_segment: dict[str, list[ActivationWorker]] = {}
+        for w in self.workers:
+            self.by_segment.setdefault(w.plan.segment, []).append(w)
+        self._attr_index: dict[str, list[ActivationWorker]] = {}
+        for w in self.workers:
+            for name in w.plan.source_attributes:
+                self._attr_index.setdefault(name, []).append(w)
+
+    def apply(self, event: MembershipChange | AttributeChange | PersonDeleted, partition: int) -> None:
+        store = self.store
+        pid = event.person_id
+        person = store.get_or_create(pid, partition)
+        ready = partition in store.ready
+        if isinstance(event, MembershipChange):
+            if apply_membership(person, event):
+                self.writer.person_changed(partition, pid, person)
+                if ready:
+                    for w in self.by_segment.get(event.segment_id, ()):
+                        w.mark(pid)
+        elif isinstance(event, AttributeChange):
+            changed = apply_attributes(person, event)
+            if changed:
+                self.writer.person_changed(partition, pid, person)
+                if ready:
+                    marked: set[int] = set()
+                    for name in changed:
+                        for w in self._attr_index.get(name, ()):
+                            if id(w) in marked:
+                                continue
+                            if w.plan.segment in person.segments or w.id in person.sync:
+                                marked.add(id(w))
+                                w.mark(pid)
+        else:
+            segments = set(person.segments)
+            if apply_deleted(person):
+                self.writer.person_changed(partition, pid, person)
+                if ready:
+                    for w in self.workers:
+                        if w.plan.segment in segments or w.id in person.sync:
+                            w.mark(pid)
+        if person.forgettable():
+            store.forget_if_empty(pid)
+
+    def partition_ready(self, partition: int) -> None:
+        self.store.ready.add(partition)
+        pids = list(self.store.by_partition.get(partition, ()))
+        for w in self.workers:
+            w.backlog_scan(pids)
+
+    def partition_dropped(self, partition: int) -> None:
+        pids = self.store.by_partition.get(partition, set())
+        for w in self.workers:
+            w.discard_partition(pids)
+        self.store.drop_partition(partition)
+
+    def running_workers(self) -> list[ActivationWorker]:
+        return [w for w in self.workers if w.running]

@@ -1,0 +1,465 @@
+"""``stream-sync run``: the consume loop, assignment handling, commits and shutdown.
+
+One anyio event loop. librdkafka's blocking calls run in worker threads; rebalance callbacks
+(called inside ``consume``) hand their work back to the loop with ``anyio.from_thread``.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import structlog
+from anyio import from_thread, to_thread
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from stream_sync import health, metrics
+from stream_sync.destinations import build_adapter
+from stream_sync.destinations.base import Adapter
+from stream_sync.dryrun import DryRunWriter
+from stream_sync.engine import ActivationWorker, Engine, Store
+from stream_sync.events import Decoder, PoisonMessage
+from stream_sync.kafka_setup import (
+    StartupError,
+    client_config,
+    consumer_config,
+    ensure_topics,
+    inspect_topics,
+    wait_for_cluster,
+)
+from stream_sync.reconcile import ActivationPlan
+from stream_sync.restore import PartitionState, restore_partitions
+from stream_sync.state import fold_intent
+from stream_sync.statewriter import StateWriter, WarningSink, producer_config
+
+log = structlog.get_logger("stream_sync.service")
+
+HEALTH_STALL_S = 30.0
+
+
+def build_plan(activation: Any, adapter: Adapter) -> ActivationPlan:
+    types = dict(activation.attribute_types)
+    fields = [(src, dest, types.get(src), False) for src, dest in activation.fields.items()]
+    fields += [(name, name, types.get(name), True) for name in activation.custom_attributes]
+    return ActivationPlan(
+        id=activation.id,
+        segment=activation.segment,
+        mode=activation.mode,
+        identifier_attr=activation.identifier,
+        fields=tuple(fields),
+        format_identifier=adapter.format_identifier,
+        format_field=adapter.format_field,
+        supports_reference=adapter.supports_reference,
+    )
+
+
+def meta_of(activation: Any) -> dict[str, str]:
+    return {
+        "segment": activation.segment,
+        "destination": activation.destination,
+        "identifier": activation.identifier,
+    }
+
+
+class Service:
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.exit_code = 0
+        self.stopping = False
+        self.last_poll = time.monotonic()
+        self.restoring: set[int] = set()
+        self.owned: set[int] = set()
+        self._retained: set[int] = set()
+        self._events: list[tuple[str, set[int], list[Any]]] = []
+        self.next_offset: dict[tuple[str, int], int] = {}
+        self.committed: dict[tuple[str, int], int] = {}
+        self.catching_up: dict[int, dict[tuple[str, int], int]] = {}
+        self.adapters: dict[str, Adapter] = {}
+        self.dry_runs: list[DryRunWriter] = []
+        self.consumed = 0
+
+    # --- start ---------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        cfg = self.config
+        admin = AdminClient(client_config(cfg))
+        metadata = wait_for_cluster(admin, cfg.kafka.startup_timeout_s)
+        layout = inspect_topics(cfg, metadata)
+        ensure_topics(cfg, admin, metadata, layout)
+        self.partitions = layout.partitions
+        self.producer = Producer(producer_config(cfg.kafka.bootstrap_servers, client_config(cfg)))
+        self.consumer = Consumer(consumer_config(cfg))
+        self.decoder = Decoder(cfg.kafka.schema_registry_url)
+
+    def _build_engine(self) -> None:
+        cfg = self.config
+        self.store = Store()
+        self.writer = StateWriter(self.producer, cfg.topics.state)
+        self.warnings = WarningSink(self.producer, cfg.topics.warnings)
+        dry: dict[str, DryRunWriter] = {}
+        for name, dest in cfg.destinations.items():
+            self.adapters[name] = build_adapter(name, dest)
+            if dest.type == "log" or getattr(dest, "dry_run", False):
+                dry[name] = DryRunWriter(dest.dry_run_path)
+                self.dry_runs.append(dry[name])
+        workers = []
+        for act in cfg.activations:
+            adapter = self.adapters[act.destination]
+            workers.append(
+                ActivationWorker(
+                    build_plan(act, adapter),
+                    act.destination,
+                    adapter,
+                    max_size=act.batch.max_size,
+                    max_wait_ms=act.batch.max_wait_ms,
+                    store=self.store,
+                    writer=self.writer,
+                    warnings=self.warnings,
+                    dry_run=dry.get(act.destination),
+                    on_stopped=self._activation_stopped,
+                )
+            )
+        self.engine = Engine(self.store, workers, self.writer)
+        self.topic_kind = {cfg.topics.memberships: "m", cfg.topics.attributes: "a"}
+
+    async def run(self) -> int:
+        await to_thread.run_sync(self._connect)
+        self._build_engine()
+        cfg = self.config
+        self.consumer.subscribe(
+            [cfg.topics.memberships, cfg.topics.attributes],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info(
+            "started",
+            group=cfg.kafka.group_id,
+            activations=[w.id for w in self.engine.workers],
+            partitions=self.partitions,
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                if cfg.http.port:
+                    await tg.start(
+                        health.serve, cfg.http.host, cfg.http.port, self.healthz, self.readyz
+                    )
+                tg.start_soon(self._signals, tg.cancel_scope)
+                for worker in self.engine.workers:
+                    tg.start_soon(worker.run)
+                await self._consume_loop()
+                await self._shutdown()
+                tg.cancel_scope.cancel()
+        finally:
+            await self._close()
+        return self.exit_code
+
+    # --- health --------------------------------------------------------------------------
+
+    def healthz(self) -> tuple[bool, str]:
+        stalled = time.monotonic() - self.last_poll
+        if stalled > HEALTH_STALL_S:
+            return False, f"poll loop stalled for {stalled:.0f}s"
+        return True, "ok"
+
+    def readyz(self) -> tuple[bool, str]:
+        if self.restoring or self._events:
+            return False, f"restoring partitions {sorted(self.restoring)}"
+        return True, f"ready ({len(self.owned)} partitions)"
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def _consume_loop(self) -> None:
+        interval = self.config.kafka.commit_interval_ms / 1000
+        next_commit = time.monotonic() + interval
+        decode_m = self.decoder.decode_membership
+        decode_a = self.decoder.decode_attribute
+        topic_kind = self.topic_kind
+        apply = self.engine.apply
+        while not self.stopping:
+            messages = await to_thread.run_sync(self.consumer.consume, 1000, 0.1)
+            self.last_poll = time.monotonic()
+            if self._events:
+                await self._handle_rebalance()
+            counts: dict[str, int] = {}
+            next_offset = self.next_offset
+            for msg in messages:
+                err = msg.error()
+                if err is not None:
+                    log.warning("consume_error", error=str(err))
+                    continue
+                topic = msg.topic()
+                partition = msg.partition()
+                offset = msg.offset()
+                next_offset[(topic, partition)] = offset + 1
+                counts[topic] = counts.get(topic, 0) + 1
+                try:
+                    if topic_kind[topic] == "m":
+                        event: Any = decode_m(msg.key(), msg.value())
+                    else:
+                        event = decode_a(msg.key(), msg.value())
+                except PoisonMessage as poison:
+                    self._poison(poison, msg.key(), topic, partition, offset)
+                    continue
+                apply(event, partition)
+            for topic, n in counts.items():
+                metrics.EVENTS_CONSUMED.labels(topic).inc(n)
+                self.consumed += n
+            if self.catching_up:
+                self._check_catch_up()
+            if time.monotonic() >= next_commit:
+                await self._commit()
+                next_commit = time.monotonic() + interval
+
+    def _poison(
+        self, poison: PoisonMessage, key: bytes | None, topic: str, partition: int, offset: int
+    ) -> None:
+        person_id = None
+        if key is not None:
+            try:
+                person_id = key.decode("utf-8")
+            except UnicodeDecodeError:
+                person_id = None
+        metrics.POISON.labels(poison.reason).inc()
+        self.warnings.emit(
+            "poison",
+            poison.reason,
+            poison.message,
+            person_id=person_id,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+        )
+
+    async def _commit(self) -> None:
+        """Make applied state durable, then commit the input offsets that produced it."""
+        self.writer.flush_persons()
+        await self.writer.flush()
+        await self.warnings.flush()
+        offsets = [
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in self.next_offset.items()
+            if partition in self.owned and self.committed.get((topic, partition)) != offset
+        ]
+        if offsets:
+            try:
+                await to_thread.run_sync(
+                    lambda: self.consumer.commit(offsets=offsets, asynchronous=False)
+                )
+            except KafkaException as err:
+                log.warning("commit_failed", error=str(err))
+                return
+            for tp in offsets:
+                self.committed[(tp.topic, tp.partition)] = tp.offset
+            metrics.COMMITS.inc()
+        self._update_lag()
+
+    def _update_lag(self) -> None:
+        for (topic, partition), offset in self.next_offset.items():
+            if partition not in self.owned:
+                continue
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
+                )
+            except KafkaException:
+                continue
+            if high >= 0:
+                metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(high - offset, 0))
+
+    # --- rebalance (callbacks run in the consume thread) ---------------------------------
+
+    def _input_tps(self, partitions: Sequence[int]) -> list[TopicPartition]:
+        t = self.config.topics
+        return [TopicPartition(topic, p) for p in partitions for topic in (t.memberships, t.attributes)]
+
+    def _on_assign(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
+        nums = {tp.partition for tp in tps}
+        new = sorted(nums - self._retained)
+        consumer.assign(tps)
+        if new:
+            consumer.pause(self._input_tps(new))
+        self._events.append(("assign", nums, tps))
+
+    def _on_revoke(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
+        nums = {tp.partition for tp in tps}
+        offsets = from_thread.run_sync(self._prepare_revoke, nums)
+        try:
+            self.writer.flush_blocking(60)
+            if offsets:
+                consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception as err:  # noqa: BLE001 - logged; the next owner resolves from state
+            log.warning("revoke_commit_failed", error=str(err))
+        self._events.append(("revoke", nums, tps))
+
+    def _on_lost(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
+        self._events.append(("lost", {tp.partition for tp in tps}, tps))
+
+    def _prepare_revoke(self, nums: set[int]) -> list[TopicPartition]:
+        self.writer.flush_persons(nums)
+        for p in nums:
+            self.store.ready.discard(p)
+        return [
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in self.next_offset.items()
+            if partition in nums and self.committed.get((topic, partition)) != offset
+        ]
+
+    async def _handle_rebalance(self) -> None:
+        events, self._events = self._events, []
+        for kind, nums, _ in events:
+            if kind == "revoke":
+                for p in nums:
+                    self.committed.pop((self.config.topics.memberships, p), None)
+                    self.committed.pop((self.config.topics.attributes, p), None)
+                self._retained |= nums & self.owned
+                self.owned -= nums
+            elif kind == "lost":
+                for p in nums:
+                    self._drop(p)
+                self.owned -= nums
+            else:
+                for p in self._retained - nums:
+                    self._drop(p)
+                kept = nums & self._retained
+                self._retained = set()
+                new = sorted(nums - kept)
+                self.owned = set(nums)
+                for p in kept:
+                    self.store.ready.add(p)
+                    for worker in self.engine.workers:
+                        worker.mark_wake()
+                if new:
+                    await self._restore(new)
+                log.info("assigned", partitions=sorted(nums), restored=new, kept=sorted(kept))
+        metrics.ASSIGNED_PARTITIONS.set(len(self.owned))
+
+    def _drop(self, p: int) -> None:
+        self.engine.partition_dropped(p)
+        self.writer.drop_pending([p])
+        self.catching_up.pop(p, None)
+        t = self.config.topics
+        for topic in (t.memberships, t.attributes):
+            self.next_offset.pop((topic, p), None)
+            self.committed.pop((topic, p), None)
+
+    async def _restore(self, partitions: list[int]) -> None:
+        self.restoring |= set(partitions)
+        metrics.PAUSED_PARTITIONS.set(len(self.restoring))
+        conf = {**client_config(self.config), "group.id": f"{self.config.kafka.group_id}.restore"}
+        states = await to_thread.run_sync(
+            restore_partitions, conf, self.config.topics.state, partitions
+        )
+        for p in partitions:
+            self._merge(states[p])
+        await self.writer.flush()
+        tps = self._input_tps(partitions)
+        committed = await to_thread.run_sync(lambda: self.consumer.committed(tps, timeout=15))
+        for tp in committed:
+            low, high = await to_thread.run_sync(
+                lambda tp=tp: self.consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=10
+                )
+            )
+            start = tp.offset if tp.offset >= 0 else low
+            key = (tp.topic, tp.partition)
+            self.next_offset[key] = start
+            self.committed[key] = start
+            self.catching_up.setdefault(tp.partition, {})[key] = high
+        self.consumer.resume(tps)
+        self.restoring -= set(partitions)
+        metrics.PAUSED_PARTITIONS.set(len(self.restoring))
+        self._check_catch_up()
+
+    def _merge(self, state: PartitionState) -> None:
+        p = state.partition
+        store = self.store
+        store.add_partition(p)
+        members = store.by_partition[p]
+        for pid, person in state.persons.items():
+            if person.forgettable():
+                continue
+            store.persons[pid] = person
+            members.add(pid)
+        configured = {w.id for w in self.engine.workers}
+        for act in self.config.activations:
+            expected = meta_of(act)
+            found = state.controls.get(f"meta/{act.id}")
+            if found is None:
+                self.writer.write_control(p, "meta", act.id, expected)
+            elif found != expected:
+                changed = ", ".join(
+                    f"{k} '{found.get(k)}' → '{v}'" for k, v in expected.items() if found.get(k) != v
+                )
+                raise StartupError(
+                    f"activation '{act.id}' was redefined ({changed}); an activation's segment, "
+                    "destination and identifier cannot change under the same id: use a new id",
+                    2,
+                )
+            token = state.controls.get(f"resync/{act.id}")
+            if token is not None:
+                store.resync[act.id] = str(token.get("token"))
+        for key, intent in state.intents.items():
+            if intent.activation in configured:
+                for op in intent.ops:
+                    person = store.get_or_create(op.person_id, p)
+                    record = fold_intent(person, intent.activation, op)
+                    self.writer.write_sync(p, intent.activation, op.person_id, record)
+            self.writer.tombstone(p, key)
+
+    def _check_catch_up(self) -> None:
+        for p, targets in list(self.catching_up.items()):
+            if all(self.next_offset.get(key, 0) >= end for key, end in targets.items()):
+                del self.catching_up[p]
+                self.engine.partition_ready(p)
+
+    # --- stopping ------------------------------------------------------------------------
+
+    def _activation_stopped(self, activation: str) -> None:
+        if not self.engine.running_workers():
+            log.error("no_activation_left", message="every activation has stopped; exiting")
+            self.exit_code = 1
+            self.stopping = True
+
+    async def _signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+            async for signum in received:
+                log.info("signal", signal=signal.Signals(signum).name)
+                if self.stopping:
+                    scope.cancel()
+                    return
+                self.stopping = True
+
+    async def _shutdown(self) -> None:
+        grace = float(self.config.shutdown_grace_s)
+        for worker in self.engine.workers:
+            worker.stopping = True
+            worker.mark_wake()
+        with anyio.move_on_after(grace):
+            while any(w.batches_in_flight for w in self.engine.workers):
+                await anyio.sleep(0.05)
+        in_flight = sum(w.batches_in_flight for w in self.engine.workers)
+        if in_flight:
+            log.warning("shutdown_grace_expired", batches_in_flight=in_flight)
+        with anyio.move_on_after(max(grace, 10)) as scope:
+            scope.shield = True
+            await self._commit()
+        log.info("stopped", consumed=self.consumed, exit_code=self.exit_code)
+
+    async def _close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            self._closing = True
+            try:
+                self.consumer.unsubscribe()
+            except Exception:  # noqa: BLE001 - best effort while closing
+                pass
+            await to_thread.run_sync(self.consumer.close)
+            for adapter in self.adapters.values():
+                await adapter.aclose()
+            for writer in self.dry_runs:
+                writer.close()
+            self.producer.flush(10)

@@ -1,0 +1,323 @@
+"""State kept by the service: the source view (person records) and the sync view.
+
+Both live in one compacted Kafka topic (design §3). Keys:
+
+- ``person/<person_id>``          → :class:`Person` attributes and segments (the source view);
+- ``sync/<activation>/<person_id>`` → :class:`SyncRecord`, what the destination acknowledged;
+- ``intent/<activation>/<batch>``   → :class:`BatchIntent`, operations sent and not yet resolved
+  (one record per batch and partition; a tombstone once the outcome is recorded);
+- ``meta/<activation>``           → the activation's defining triple (segment, destination,
+  identifier), to refuse a redefinition under the same id;
+- ``resync/<activation>``         → the token of a requested full resync;
+- ``hold/<activation>``           → a deletion-guard hold.
+
+Values are Avro (schemas in ``stream_sync/schemas``) behind a one-byte format version, control
+records are JSON. The format is internal: only this module reads and writes it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import resources
+from typing import Any
+
+import fastavro
+
+from stream_sync.events import AttributeChange, MembershipChange, Value
+
+FORMAT_V1 = b"\x01"
+
+
+class SyncStatus(str, Enum):
+    """Where the destination stands for one person in one activation."""
+
+    SYNCED = "SYNCED"  # the destination holds ``values`` (acknowledged)
+    LEFT = "LEFT"  # the person left the segment (no call); ``values`` kept for a re-ENTER
+    MAYBE = "MAYBE"  # an operation was in flight at a crash: may or may not exist
+    IGNORED = "IGNORED"  # update_only and unknown to the destination; ``values`` were refused
+    REJECTED = "REJECTED"  # the destination refused ``values``
+
+
+class OpKind(str, Enum):
+    UPSERT = "UPSERT"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+
+
+class Person:
+    """One person of the source view, with its sync records by activation id."""
+
+    __slots__ = ("attrs", "partition", "segments", "sync")
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.attrs: dict[str, Value] = {}
+        self.segments: set[str] = set()
+        self.sync: dict[str, SyncRecord] = {}
+
+    def is_empty(self) -> bool:
+        return not self.attrs and not self.segments
+
+    def forgettable(self) -> bool:
+        return self.is_empty() and not self.sync
+
+
+class SyncRecord:
+    __slots__ = ("identifier", "ref", "resync", "status", "values")
+
+    def __init__(
+        self,
+        status: SyncStatus,
+        values: dict[str, Value],
+        identifier: str | None = None,
+        ref: str | None = None,
+        resync: str | None = None,
+    ) -> None:
+        self.status = status
+        self.values = values
+        self.identifier = identifier
+        self.ref = ref
+        self.resync = resync
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SyncRecord) and (
+            self.status,
+            self.values,
+            self.identifier,
+            self.ref,
+            self.resync,
+        ) == (other.status, other.values, other.identifier, other.ref, other.resync)
+
+    def __repr__(self) -> str:
+        return (
+            f"SyncRecord({self.status.value}, {self.values!r}, identifier={self.identifier!r}, "
+            f"ref={self.ref!r}, resync={self.resync!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IntendedOp:
+    person_id: str
+    kind: OpKind
+    identifier: str | None
+    fields: tuple[str, ...]
+    clears: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchIntent:
+    activation: str
+    ops: tuple[IntendedOp, ...] = field(default_factory=tuple)
+
+
+# --- applying input events to the source view ------------------------------------------
+
+
+def apply_membership(person: Person, event: MembershipChange) -> bool:
+    """Apply an ENTER/EXIT; return whether membership changed."""
+    if event.op == "ENTER":
+        if event.segment_id in person.segments:
+            return False
+        person.segments.add(event.segment_id)
+        return True
+    if event.segment_id not in person.segments:
+        return False
+    person.segments.discard(event.segment_id)
+    return True
+
+
+def apply_attributes(person: Person, event: AttributeChange) -> set[str]:
+    """Apply ``set`` then ``unset`` (a null in ``set`` unsets); return the changed names."""
+    changed: set[str] = set()
+    attrs = person.attrs
+    for name, value in event.set.items():
+        if value is None:
+            if name in attrs:
+                del attrs[name]
+                changed.add(name)
+        elif attrs.get(name, _MISSING) != value or type(attrs.get(name)) is not type(value):
+            attrs[name] = value
+            changed.add(name)
+    for name in event.unset:
+        if name in attrs:
+            del attrs[name]
+            changed.add(name)
+    return changed
+
+
+def apply_deleted(person: Person) -> bool:
+    """Upstream deletion: the person leaves every segment and its attributes are dropped."""
+    changed = bool(person.attrs or person.segments)
+    person.attrs = {}
+    person.segments = set()
+    return changed
+
+
+_MISSING: Any = object()
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+
+def person_key(person_id: str) -> bytes:
+    return b"person/" + person_id.encode()
+
+
+def sync_key(activation: str, person_id: str) -> bytes:
+    return f"sync/{activation}/{person_id}".encode()
+
+
+def intent_key(activation: str, batch_id: str) -> bytes:
+    return f"intent/{activation}/{batch_id}".encode()
+
+
+def control_key(kind: str, activation: str) -> bytes:
+    return f"{kind}/{activation}".encode()
+
+
+# --- codec -----------------------------------------------------------------------------------
+
+
+def _load_schema(name: str) -> Any:
+    text = resources.files("stream_sync").joinpath("schemas", name).read_text(encoding="utf-8")
+    return fastavro.parse_schema(json.loads(text))
+
+
+_PERSON_SCHEMA = _load_schema("person_state.avsc")
+_SYNC_SCHEMA = _load_schema("sync_state.avsc")
+_INTENT_SCHEMA = _load_schema("batch_intent.avsc")
+
+
+def _write(schema: Any, record: Mapping[str, Any]) -> bytes:
+    out = io.BytesIO()
+    out.write(FORMAT_V1)
+    fastavro.schemaless_writer(out, schema, record)
+    return out.getvalue()
+
+
+def _read(schema: Any, data: bytes) -> Any:
+    if data[:1] != FORMAT_V1:
+        raise ValueError(f"unknown state record format {data[:1]!r}")
+    buf = io.BytesIO(data)
+    buf.seek(1)
+    return fastavro.schemaless_reader(buf, schema, None)
+
+
+def encode_person(person: Person) -> bytes:
+    return _write(_PERSON_SCHEMA, {"attrs": person.attrs, "segments": sorted(person.segments)})
+
+
+def decode_person_into(person: Person, data: bytes) -> None:
+    rec = _read(_PERSON_SCHEMA, data)
+    person.attrs = rec["attrs"]
+    person.segments = set(rec["segments"])
+
+
+def encode_sync(rec: SyncRecord) -> bytes:
+    return _write(
+        _SYNC_SCHEMA,
+        {
+            "status": rec.status.value,
+            "identifier": rec.identifier,
+            "ref": rec.ref,
+            "values": rec.values,
+            "resync": rec.resync,
+        },
+    )
+
+
+def decode_sync(data: bytes) -> SyncRecord:
+    rec = _read(_SYNC_SCHEMA, data)
+    return SyncRecord(
+        SyncStatus(rec["status"]), rec["values"], rec["identifier"], rec["ref"], rec["resync"]
+    )
+
+
+def encode_intent(intent: BatchIntent) -> bytes:
+    return _write(
+        _INTENT_SCHEMA,
+        {
+            "activation": intent.activation,
+            "ops": [
+                {
+                    "person_id": op.person_id,
+                    "kind": op.kind.value,
+                    "identifier": op.identifier,
+                    "fields": list(op.fields),
+                    "clears": list(op.clears),
+                }
+                for op in intent.ops
+            ],
+        },
+    )
+
+
+def decode_intent(data: bytes) -> BatchIntent:
+    rec = _read(_INTENT_SCHEMA, data)
+    return BatchIntent(
+        rec["activation"],
+        tuple(
+            IntendedOp(
+                op["person_id"],
+                OpKind(op["kind"]),
+                op["identifier"],
+                tuple(op["fields"]),
+                tuple(op["clears"]),
+            )
+            for op in rec["ops"]
+        ),
+    )
+
+
+def encode_control(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(dict(payload), sort_keys=True).encode()
+
+
+def decode_control(data: bytes) -> dict[str, Any]:
+    value = json.loads(data)
+    if not isinstance(value, dict):
+        raise ValueError("control record is not an object")
+    return value
+
+
+def fold_intent(person: Person, activation: str, op: IntendedOp) -> SyncRecord:
+    """Make a sync record right either way for an operation whose outcome is unknown.
+
+    An unresolved intent means the batch may or may not have been applied. Fields it set or
+    cleared become unknown (``None`` never equals a real value, so they are sent again, or
+    cleared if now absent); a create or delete in flight makes existence unknown (``MAYBE``:
+    a member gets its full record, a leaver in mirror mode is deleted, accepting 404).
+    """
+    current = person.sync.get(activation)
+    if op.kind is OpKind.DELETE:
+        rec = SyncRecord(SyncStatus.MAYBE, {}, op.identifier, None, None)
+    elif current is not None and current.status is SyncStatus.SYNCED:
+        values = dict(current.values)
+        for name in (*op.fields, *op.clears):
+            values[name] = None
+        rec = SyncRecord(
+            SyncStatus.SYNCED, values, current.identifier, current.ref, current.resync
+        )
+        if op.identifier is not None and op.identifier != current.identifier:
+            rec.status = SyncStatus.MAYBE
+    else:
+        values = dict(current.values) if current is not None else {}
+        for name in (*op.fields, *op.clears):
+            values[name] = None
+        ref = current.ref if current is not None else None
+        rec = SyncRecord(SyncStatus.MAYBE, values, op.identifier, ref, None)
+    person.sync[activation] = rec
+    return rec
+
+
+def iter_ops_by_partition(
+    ops: Iterable[tuple[int, IntendedOp]],
+) -> dict[int, list[IntendedOp]]:
+    grouped: dict[int, list[IntendedOp]] = {}
+    for partition, op in ops:
+        grouped.setdefault(partition, []).append(op)
+    return grouped

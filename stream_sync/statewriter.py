@@ -1,0 +1,190 @@
+"""Writes to the state topic (coalesced per key) and to the warnings topic."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import structlog
+
+from stream_sync import metrics
+from stream_sync.state import (
+    BatchIntent,
+    Person,
+    SyncRecord,
+    control_key,
+    encode_control,
+    encode_intent,
+    encode_person,
+    encode_sync,
+    intent_key,
+    person_key,
+    sync_key,
+)
+
+log = structlog.get_logger("stream_sync.state")
+
+
+class StateWriteFailed(RuntimeError):
+    """Kafka refused a state or warnings write: offsets must not be committed."""
+
+
+def producer_config(bootstrap: str, client: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **client,
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+    }
+
+
+class _Producing:
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.error: str | None = None
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None and self.error is None:
+            self.error = f"{msg.topic()}[{msg.partition()}]: {err}"
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None) -> None:
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": self._on_delivery}
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self.producer.produce(topic, **kwargs)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    async def flush(self) -> None:
+        while True:
+            remaining = await anyio.to_thread.run_sync(self.producer.flush, 5.0)
+            if remaining == 0:
+                break
+        if self.error is not None:
+            raise StateWriteFailed(self.error)
+
+    def flush_blocking(self, timeout: float) -> None:
+        if self.producer.flush(timeout) != 0:
+            raise StateWriteFailed("state writes not acknowledged in time")
+        if self.error is not None:
+            raise StateWriteFailed(self.error)
+
+
+class StateWriter(_Producing):
+    """The state topic: person records coalesced until the next commit, the rest at once."""
+
+    def __init__(self, producer: Any, topic: str) -> None:
+        super().__init__(producer)
+        self.topic = topic
+        self.pending_persons: dict[str, Person] = {}
+
+    def person_changed(self, partition: int, person_id: str, person: Person) -> None:
+        self.pending_persons[person_id] = person
+
+    def flush_persons(self, partitions: Iterable[int] | None = None) -> int:
+        """Produce the coalesced person records (of ``partitions``, or all)."""
+        wanted = None if partitions is None else set(partitions)
+        produced = 0
+        keep: dict[str, Person] = {}
+        for pid, person in self.pending_persons.items():
+            if wanted is not None and person.partition not in wanted:
+                keep[pid] = person
+                continue
+            value = None if person.is_empty() else encode_person(person)
+            self.produce(self.topic, person_key(pid), value, person.partition)
+            produced += 1
+        self.pending_persons = keep
+        metrics.STATE_WRITES.labels("person").inc(produced)
+        self.producer.poll(0)
+        return produced
+
+    def drop_pending(self, partitions: Iterable[int]) -> None:
+        gone = set(partitions)
+        self.pending_persons = {
+            pid: p for pid, p in self.pending_persons.items() if p.partition not in gone
+        }
+
+    def write_sync(
+        self, partition: int, activation: str, person_id: str, record: SyncRecord | None
+    ) -> None:
+        value = None if record is None else encode_sync(record)
+        self.produce(self.topic, sync_key(activation, person_id), value, partition)
+        metrics.STATE_WRITES.labels("sync").inc()
+
+    def write_intent(
+        self, partition: int, activation: str, batch_id: str, intent: BatchIntent
+    ) -> bytes:
+        key = intent_key(activation, batch_id)
+        self.produce(self.topic, key, encode_intent(intent), partition)
+        metrics.STATE_WRITES.labels("intent").inc()
+        return key
+
+    def tombstone(self, partition: int, key: bytes) -> None:
+        self.produce(self.topic, key, None, partition)
+
+    def write_control(
+        self, partition: int, kind: str, activation: str, payload: dict[str, Any] | None
+    ) -> None:
+        value = None if payload is None else encode_control(payload)
+        self.produce(self.topic, control_key(kind, activation), value, partition)
+
+
+class WarningSink(_Producing):
+    """One JSON record per occurrence on the warnings topic (design §8)."""
+
+    def __init__(self, producer: Any, topic: str) -> None:
+        super().__init__(producer)
+        self.topic = topic
+
+    def emit(
+        self,
+        kind: str,
+        reason: str,
+        message: str,
+        *,
+        activation: str | None = None,
+        destination: str | None = None,
+        person_id: str | None = None,
+        attribute: str | None = None,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        record = {
+            "kind": kind,
+            "reason": reason,
+            "message": message,
+            "activation": activation,
+            "destination": destination,
+            "person_id": person_id,
+            "attribute": attribute,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
+        key = person_id.encode() if person_id is not None else None
+        self.produce(self.topic, key, json.dumps(record).encode(), None)
+        metrics.WARNINGS.labels(kind, reason).inc()
+        log.warning(
+            "warning",
+            kind=kind,
+            reason=reason,
+            activation=activation,
+            destination=destination,
+            person_id=person_id,
+            attribute=attribute,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+        )

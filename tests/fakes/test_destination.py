@@ -32,6 +32,7 @@ class Namespace:
     refs: dict[str, str] = field(default_factory=dict)  # ref → identifier
     ops: list[dict[str, Any]] = field(default_factory=list)  # acknowledged operations
     requests: int = 0
+    noops: int = 0  # acknowledged operations that changed nothing (redundant writes)
 
 
 class TestDestination(LoopbackEmulator):
@@ -50,6 +51,7 @@ class TestDestination(LoopbackEmulator):
         self._released = threading.Event()
         self._held = threading.Event()
         self.held_count = 0
+        self._drop_held = False
 
     def url(self, namespace: str) -> str:
         return f"{self.root_url}/{namespace}"
@@ -68,7 +70,9 @@ class TestDestination(LoopbackEmulator):
     def wait_held(self, timeout: float = 30.0) -> bool:
         return self._held.wait(timeout)
 
-    def release(self) -> None:
+    def release(self, apply: bool = True) -> None:
+        """Let held requests go on; with ``apply=False`` they are dropped unapplied."""
+        self._drop_held = not apply
         self._hold.clear()
         self._released.set()
 
@@ -104,6 +108,7 @@ class TestDestination(LoopbackEmulator):
         with self._lock:
             for ns in self.namespaces.values():
                 ns.ops.clear()
+                ns.noops = 0
 
     # --- serving -----------------------------------------------------------------------
 
@@ -113,6 +118,8 @@ class TestDestination(LoopbackEmulator):
                 self.held_count += 1
             self._held.set()
             self._released.wait(120)
+            if self._drop_held:
+                return None
         return super()._process(method, target, headers, raw)
 
     def fault_body(self, status: int) -> Any:
@@ -158,10 +165,12 @@ class TestDestination(LoopbackEmulator):
         if ref is not None and ref in ns.refs:
             target = ns.refs[ref]
         if kind == "delete":
-            ns.records.pop(target, None)
+            if ns.records.pop(target, None) is None:
+                ns.noops += 1
             ns.ops.append(op)
             return {"status": "applied"}
         record = ns.records.get(target)
+        before = None if record is None else dict(record)
         if record is None:
             if kind == "update":
                 ns.ops.append(op)
@@ -176,6 +185,8 @@ class TestDestination(LoopbackEmulator):
         record.update(op["fields"])
         for name in op["clears"]:
             record.pop(name, None)
+        if before == record and target == ident:
+            ns.noops += 1
         ns.ops.append(op)
         return {"status": "applied", "ref": record["_ref"]}
 

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = 2
     except KeyboardInterrupt:
         code = 0
-    except BaseException as err:  # noqa: BLE001 - the CLI boundary reports every failure
+    except BaseException as err:
         code = _report(err, args.debug)
     sys.exit(code)
 
@@ -199,7 +199,7 @@ def _check(args: argparse.Namespace) -> int:
             try:
                 for row in await adapter.check():
                     rows.append(("ok" if row.ok else "FAIL", row.item, row.detail))
-            except Exception as err:  # noqa: BLE001 - reported as a row
+            except Exception as err:
                 rows.append(("FAIL", f"destination {name}", f"{type(err).__name__}: {err}"))
             finally:
                 await adapter.aclose()
@@ -224,7 +224,9 @@ def parse_from(value: str) -> datetime | None:
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"--from: expected 'earliest' or an ISO-8601 time, got {value!r}") from None
+        raise UsageError(
+            f"--from: expected 'earliest' or an ISO-8601 time, got {value!r}"
+        ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when
@@ -274,7 +276,9 @@ def _replay(args: argparse.Namespace) -> int:
                 else:
                     ms = int(when.timestamp() * 1000)
                     found = probe.offsets_for_times([TopicPartition(topic, p, ms)], timeout=15)[0]
-                    tps.append(TopicPartition(topic, p, found.offset if found.offset >= 0 else high))
+                    tps.append(
+                        TopicPartition(topic, p, found.offset if found.offset >= 0 else high)
+                    )
     finally:
         probe.close()
     from confluent_kafka import ConsumerGroupTopicPartitions

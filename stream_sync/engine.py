@@ -27,7 +27,7 @@ from stream_sync.destinations.base import (
     OutcomeKind,
 )
 from stream_sync.dryrun import DryRunWriter
-from stream_sync.events import AttributeChange, MembershipChange, PersonDeleted
+from stream_sync.events import AttributeChange, MembershipChange, PersonDeleted, Value
 from stream_sync.reconcile import (
     ActivationPlan,
     DecisionKind,
@@ -96,7 +96,7 @@ class _Pending:
     person_id: str
     person: Person
     op: Operation
-    desired: dict[str, object] | None
+    desired: dict[str, Value] | None
     before: SyncRecord | None
 
 
@@ -281,7 +281,9 @@ class ActivationWorker:
         batch_id = uuid.uuid4().hex
         keys = []
         for partition, ops in by_partition.items():
-            key = self.writer.write_intent(partition, self.id, batch_id, BatchIntent(self.id, tuple(ops)))
+            key = self.writer.write_intent(
+                partition, self.id, batch_id, BatchIntent(self.id, tuple(ops))
+            )
             keys.append((partition, key))
         await self.writer.flush()
         return keys
@@ -318,7 +320,10 @@ class ActivationWorker:
                 continue  # partition revoked meanwhile: the new owner resolves the intent
             for problem in outcome.attribute_problems:
                 self._warn(
-                    "attribute_rejected", problem.reason, problem.message, p.person_id,
+                    "attribute_rejected",
+                    problem.reason,
+                    problem.message,
+                    p.person_id,
                     attribute=problem.field,
                 )
             if outcome.kind is OutcomeKind.REJECTED:
@@ -328,7 +333,7 @@ class ActivationWorker:
                     outcome.message or "the destination refused the person",
                     p.person_id,
                 )
-            record = record_after(p.before, op, p.desired, outcome, token)  # type: ignore[arg-type]
+            record = record_after(p.before, op, p.desired, outcome, token)
             self._set_record(p.person_id, p.person, record, persist)
 
     def _set_record(
@@ -348,7 +353,12 @@ class ActivationWorker:
             self._warn(w.kind, w.reason, w.message, person_id, attribute=w.attribute)
 
     def _warn(
-        self, kind: str, reason: str, message: str, person_id: str | None, *,
+        self,
+        kind: str,
+        reason: str,
+        message: str,
+        person_id: str | None,
+        *,
         attribute: str | None = None,
     ) -> None:
         self.warnings.emit(
@@ -385,7 +395,9 @@ def _op_label(op: Operation) -> str:
 class Engine:
     """Applies input events to the source view and routes dirty persons to workers."""
 
-    def __init__(self, store: Store, workers: Sequence[ActivationWorker], writer: StateWriter) -> None:
+    def __init__(
+        self, store: Store, workers: Sequence[ActivationWorker], writer: StateWriter
+    ) -> None:
         self.store = store
         self.workers = list(workers)
         self.writer = writer
@@ -397,7 +409,9 @@ class Engine:
             for name in w.plan.source_attributes:
                 self._attr_index.setdefault(name, []).append(w)
 
-    def apply(self, event: MembershipChange | AttributeChange | PersonDeleted, partition: int) -> None:
+    def apply(
+        self, event: MembershipChange | AttributeChange | PersonDeleted, partition: int
+    ) -> None:
         store = self.store
         pid = event.person_id
         person = store.get_or_create(pid, partition)

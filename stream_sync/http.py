@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,9 +47,9 @@ def backoff_delay(
     capped at ``max_backoff_s``.
     """
     if retry_after is not None:
-        return min(max(retry_after, 0.0), RETRY_AFTER_MAX_S)
+        return float(min(max(retry_after, 0.0), RETRY_AFTER_MAX_S))
     ceiling = min(max_backoff_s, base_s * (2 ** min(attempt, 30)))
-    return rand() * ceiling
+    return float(rand() * ceiling)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -71,7 +71,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max((when - now).total_seconds(), 0.0)
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     OK = "ok"  # hand the response to the adapter (success or per-person refusal)
     RETRY = "retry"  # throttled / server error: wait and send again
     FATAL = "fatal"  # bad credentials: the activation stops

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.cimpl import NewTopic
 
 
 class StartupError(Exception):
@@ -71,7 +73,8 @@ def inspect_topics(config: Any, metadata: Any) -> TopicLayout:
     missing = [t for t in (topics.memberships, topics.attributes) if t not in found]
     if missing:
         raise StartupError(
-            "input topic(s) missing: " + ", ".join(repr(t) for t in missing)
+            "input topic(s) missing: "
+            + ", ".join(repr(t) for t in missing)
             + " (the service reads them; create them with the same partition count)",
             1,
         )
@@ -116,7 +119,9 @@ def ensure_topics(config: Any, admin: AdminClient, metadata: Any, layout: TopicL
         )
     if not layout.warnings_exists:
         new.append(
-            NewTopic(topics.warnings, num_partitions=layout.partitions, replication_factor=replication)
+            NewTopic(
+                topics.warnings, num_partitions=layout.partitions, replication_factor=replication
+            )
         )
     if new:
         for topic, future in admin.create_topics(new, operation_timeout=30).items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from stream_sync.destinations.base import (
     AttributeProblem,
@@ -46,7 +46,7 @@ class ActivationPlan:
         object.__setattr__(self, "custom_fields", frozenset(f[1] for f in self.fields if f[3]))
 
 
-class DecisionKind(str, Enum):
+class DecisionKind(StrEnum):
     NONE = "none"  # nothing to do
     SEND = "send"  # ``op`` goes to the destination
     RECORD = "record"  # no call, but the sync record changes to ``record`` (None = forget)
@@ -91,9 +91,7 @@ def compute_desired(plan: ActivationPlan, person: Person, warnings: list[Warning
             values[dest] = plan.format_field(dest, value, attr_type, custom)
         except AttributeProblem as problem:
             skipped.add(dest)
-            warnings.append(
-                Warning_("attribute_rejected", problem.reason, problem.message, src)
-            )
+            warnings.append(Warning_("attribute_rejected", problem.reason, problem.message, src))
     return Desired(identifier, values, skipped)
 
 
@@ -167,7 +165,13 @@ def reconcile(
         clears = tuple(f for f in previous if f not in desired.values and f not in desired.skipped)
         ref = sync.ref if sync is not None else None
         op = Operation(
-            person_id, kind, desired.identifier, ref, dict(desired.values), clears, True,
+            person_id,
+            kind,
+            desired.identifier,
+            ref,
+            dict(desired.values),
+            clears,
+            True,
             custom=plan.custom_fields,
         )
         if (
@@ -183,9 +187,7 @@ def reconcile(
 
     assert sync is not None
     synced = sync.values
-    changed = {
-        f: v for f, v in desired.values.items() if synced.get(f, _MISSING) != v
-    }
+    changed = {f: v for f, v in desired.values.items() if synced.get(f, _MISSING) != v}
     clears = tuple(f for f in synced if f not in desired.values and f not in desired.skipped)
     identifier = desired.identifier
     previous_identifier: str | None = None
@@ -206,7 +208,14 @@ def reconcile(
     if not changed and not clears and previous_identifier is None:
         return Decision(DecisionKind.NONE, warnings=warnings)
     op = Operation(
-        person_id, kind, identifier, sync.ref, changed, clears, False, previous_identifier,
+        person_id,
+        kind,
+        identifier,
+        sync.ref,
+        changed,
+        clears,
+        False,
+        previous_identifier,
         custom=plan.custom_fields,
     )
     return Decision(DecisionKind.SEND, op=op, desired=desired.values, warnings=warnings)

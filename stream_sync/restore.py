@@ -74,12 +74,13 @@ def restore_partitions(
                     if err.code() == KafkaError._PARTITION_EOF:
                         continue
                     raise RuntimeError(f"state restore failed: {err}")
-                p = msg.partition()
-                if p not in remaining:
+                part: int = msg.partition()  # type: ignore[assignment]
+                if part not in remaining:
                     continue
-                _apply(result[p], msg.key(), msg.value())
-                if msg.offset() + 1 >= ends[p]:
-                    remaining.discard(p)
+                _apply(result[part], msg.key(), msg.value())
+                offset: int = msg.offset()  # type: ignore[assignment]
+                if offset + 1 >= ends[part]:
+                    remaining.discard(part)
     finally:
         consumer.close()
     elapsed = time.monotonic() - started

@@ -6,6 +6,7 @@ One anyio event loop. librdkafka's blocking calls run in worker threads; rebalan
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Sequence
@@ -192,9 +193,10 @@ class Service:
                 if err is not None:
                     log.warning("consume_error", error=str(err))
                     continue
-                topic = msg.topic()
-                partition = msg.partition()
-                offset = msg.offset()
+                # a message without error always has these (the stubs say Optional)
+                topic: str = msg.topic()  # type: ignore[assignment]
+                partition: int = msg.partition()  # type: ignore[assignment]
+                offset: int = msg.offset()  # type: ignore[assignment]
                 next_offset[(topic, partition)] = offset + 1
                 counts[topic] = counts.get(topic, 0) + 1
                 try:
@@ -275,7 +277,9 @@ class Service:
 
     def _input_tps(self, partitions: Sequence[int]) -> list[TopicPartition]:
         t = self.config.topics
-        return [TopicPartition(topic, p) for p in partitions for topic in (t.memberships, t.attributes)]
+        return [
+            TopicPartition(topic, p) for p in partitions for topic in (t.memberships, t.attributes)
+        ]
 
     def _on_assign(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         nums = {tp.partition for tp in tps}
@@ -292,7 +296,7 @@ class Service:
             self.writer.flush_blocking(60)
             if offsets:
                 consumer.commit(offsets=offsets, asynchronous=False)
-        except Exception as err:  # noqa: BLE001 - logged; the next owner resolves from state
+        except Exception as err:
             log.warning("revoke_commit_failed", error=str(err))
         self._events.append(("revoke", nums, tps))
 
@@ -360,11 +364,7 @@ class Service:
         tps = self._input_tps(partitions)
         committed = await to_thread.run_sync(lambda: self.consumer.committed(tps, timeout=15))
         for tp in committed:
-            low, high = await to_thread.run_sync(
-                lambda tp=tp: self.consumer.get_watermark_offsets(
-                    TopicPartition(tp.topic, tp.partition), timeout=10
-                )
-            )
+            low, high = await to_thread.run_sync(self._watermarks, tp.topic, tp.partition)
             start = tp.offset if tp.offset >= 0 else low
             key = (tp.topic, tp.partition)
             self.next_offset[key] = start
@@ -374,6 +374,12 @@ class Service:
         self.restoring -= set(partitions)
         metrics.PAUSED_PARTITIONS.set(len(self.restoring))
         self._check_catch_up()
+
+    def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        low, high = self.consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=10
+        )
+        return int(low), int(high)
 
     def _merge(self, state: PartitionState) -> None:
         p = state.partition
@@ -393,7 +399,9 @@ class Service:
                 self.writer.write_control(p, "meta", act.id, expected)
             elif found != expected:
                 changed = ", ".join(
-                    f"{k} '{found.get(k)}' → '{v}'" for k, v in expected.items() if found.get(k) != v
+                    f"{k} '{found.get(k)}' → '{v}'"
+                    for k, v in expected.items()
+                    if found.get(k) != v
                 )
                 raise StartupError(
                     f"activation '{act.id}' was redefined ({changed}); an activation's segment, "
@@ -440,7 +448,7 @@ class Service:
             worker.stopping = True
             worker.mark_wake()
         with anyio.move_on_after(grace):
-            while any(w.batches_in_flight for w in self.engine.workers):
+            while any(w.batches_in_flight for w in self.engine.workers):  # noqa: ASYNC110
                 await anyio.sleep(0.05)
         in_flight = sum(w.batches_in_flight for w in self.engine.workers)
         if in_flight:
@@ -453,10 +461,8 @@ class Service:
     async def _close(self) -> None:
         with anyio.CancelScope(shield=True):
             self._closing = True
-            try:
+            with contextlib.suppress(Exception):
                 self.consumer.unsubscribe()
-            except Exception:  # noqa: BLE001 - best effort while closing
-                pass
             await to_thread.run_sync(self.consumer.close)
             for adapter in self.adapters.values():
                 await adapter.aclose()

@@ -21,7 +21,7 @@ import io
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from importlib import resources
 from typing import Any
 
@@ -32,7 +32,7 @@ from stream_sync.events import AttributeChange, MembershipChange, Value
 FORMAT_V1 = b"\x01"
 
 
-class SyncStatus(str, Enum):
+class SyncStatus(StrEnum):
     """Where the destination stands for one person in one activation."""
 
     SYNCED = "SYNCED"  # the destination holds ``values`` (acknowledged)
@@ -42,7 +42,7 @@ class SyncStatus(str, Enum):
     REJECTED = "REJECTED"  # the destination refused ``values``
 
 
-class OpKind(str, Enum):
+class OpKind(StrEnum):
     UPSERT = "UPSERT"
     UPDATE = "UPDATE"
     DELETE = "DELETE"
@@ -299,9 +299,7 @@ def fold_intent(person: Person, activation: str, op: IntendedOp) -> SyncRecord:
         values = dict(current.values)
         for name in (*op.fields, *op.clears):
             values[name] = None
-        rec = SyncRecord(
-            SyncStatus.SYNCED, values, current.identifier, current.ref, current.resync
-        )
+        rec = SyncRecord(SyncStatus.SYNCED, values, current.identifier, current.ref, current.resync)
         if op.identifier is not None and op.identifier != current.identifier:
             rec.status = SyncStatus.MAYBE
     else:

@@ -54,7 +54,9 @@ class _Producing:
         if err is not None and self.error is None:
             self.error = f"{msg.topic()}[{msg.partition()}]: {err}"
 
-    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None) -> None:
+    def produce(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None
+    ) -> None:
         kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": self._on_delivery}
         if partition is not None:
             kwargs["partition"] = partition

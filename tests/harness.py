@@ -54,7 +54,9 @@ def wait_until(
 class ServiceProcess:
     """One ``stream-sync run`` subprocess with its logs in a file."""
 
-    def __init__(self, config_path: Path, http_port: int, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config_path: Path, http_port: int, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.config_path = config_path
         self.http_port = http_port
         self.log_path = log_path
@@ -164,14 +166,18 @@ class SyncEnv:
         ev = MembershipChange(person_id, segment, "EXIT", int(time.time() * 1000))
         self._send(self.topics["memberships"], person_id, self._encode(ev))
 
-    def attrs(self, person_id: str, set_: dict[str, Any] | None = None, unset: Iterable[str] = ()) -> None:
+    def attrs(
+        self, person_id: str, set_: dict[str, Any] | None = None, unset: Iterable[str] = ()
+    ) -> None:
         ev = AttributeChange(person_id, dict(set_ or {}), tuple(unset), int(time.time() * 1000))
         self._send(self.topics["attributes"], person_id, self._encode(ev))
 
     def delete_person(self, person_id: str) -> None:
         self._send(self.topics["attributes"], person_id, None)
 
-    def raw(self, topic_kind: str, key: bytes | None, value: bytes | None, partition: int = 0) -> None:
+    def raw(
+        self, topic_kind: str, key: bytes | None, value: bytes | None, partition: int = 0
+    ) -> None:
         self.producer.produce(self.topics[topic_kind], key=key, value=value, partition=partition)
 
     def flush(self) -> None:
@@ -206,7 +212,9 @@ class SyncEnv:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path, port
 
-    def start(self, config: tuple[Path, int], *, ready: bool = True, env: dict[str, str] | None = None) -> ServiceProcess:
+    def start(
+        self, config: tuple[Path, int], *, ready: bool = True, env: dict[str, str] | None = None
+    ) -> ServiceProcess:
         path, port = config
         log = self.tmp / f"service-{len(self.processes)}.log"
         proc = ServiceProcess(path, port, log, env)
@@ -215,7 +223,9 @@ class SyncEnv:
             proc.wait_ready()
         return proc
 
-    def cli(self, *args: str, config: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, config: Path | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "stream_sync.cli", *args]
         if config is not None:
             cmd += ["-c", str(config)]

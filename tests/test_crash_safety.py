@@ -26,7 +26,9 @@ MAX_SIZE = 50
 
 @pytest.fixture
 def env(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SyncEnv]:
-    sync_env = SyncEnv(kafka_bootstrap, tmp_path, request.node.name[:30].replace("_", "-"), partitions=3)
+    sync_env = SyncEnv(
+        kafka_bootstrap, tmp_path, request.node.name[:30].replace("_", "-"), partitions=3
+    )
     yield sync_env
     sync_env.close()
 
@@ -40,7 +42,17 @@ def dest() -> Iterator[TestDestination]:
 def mirror_config(env: SyncEnv, dest: TestDestination) -> tuple[Path, int]:
     return env.write_config(
         {"d": test_destination_config(dest.url("d"))},
-        [activation("mir", "d", "mirror", fields=FIELDS, custom=CUSTOM, max_size=MAX_SIZE, max_wait_ms=100)],
+        [
+            activation(
+                "mir",
+                "d",
+                "mirror",
+                fields=FIELDS,
+                custom=CUSTOM,
+                max_size=MAX_SIZE,
+                max_wait_ms=100,
+            )
+        ],
     )
 
 
@@ -79,6 +91,17 @@ class Model:
         return out
 
 
+def describe_diff(actual: dict[str, Any], expected: dict[str, Any]) -> str:
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    differ = sorted(k for k in set(actual) & set(expected) if actual[k] != expected[k])
+    lines = [f"missing {len(missing)}, extra {len(extra)}, differing {len(differ)}"]
+    lines += [f"missing {k}: {expected[k]}" for k in missing[:5]]
+    lines += [f"extra {k}: {actual[k]}" for k in extra[:5]]
+    lines += [f"differ {k}: {actual[k]} != {expected[k]}" for k in differ[:5]]
+    return "\n".join(lines)
+
+
 def random_events(env: SyncEnv, model: Model, rng: random.Random, persons: int, count: int) -> None:
     values = {
         "first_name": lambda: rng.choice(["Ann", "Bob", "Cid", "Dee", None]),
@@ -115,7 +138,10 @@ def test_sigkill_with_batches_in_flight_converges(env: SyncEnv, dest: TestDestin
         dest.release(apply=wave % 2 == 0)
         svc = env.start(config)
     expected = model.expected()
-    wait_until(lambda: dest.records("d") == expected, 180, interval=0.5, what="destination converges")
+    try:
+        wait_until(lambda: dest.records("d") == expected, 180, interval=0.5, what="convergence")
+    except AssertionError:
+        raise AssertionError(describe_diff(dest.records("d"), expected)) from None
     noops = dest.ns("d").noops
     assert kills >= 5
     # redundant writes stay within the batches in flight at each kill
@@ -123,7 +149,9 @@ def test_sigkill_with_batches_in_flight_converges(env: SyncEnv, dest: TestDestin
     assert svc.terminate() == 0
 
 
-def test_create_in_flight_then_person_leaves_is_deleted(env: SyncEnv, dest: TestDestination) -> None:
+def test_create_in_flight_then_person_leaves_is_deleted(
+    env: SyncEnv, dest: TestDestination
+) -> None:
     model = Model()
     config = mirror_config(env, dest)
     svc = env.start(config)
@@ -138,11 +166,15 @@ def test_create_in_flight_then_person_leaves_is_deleted(env: SyncEnv, dest: Test
     model.exit(env, "p1")
     env.flush()
     svc = env.start(config)
-    wait_until(lambda: dest.records("d") == {} and dest.ops("d")[-1]["op"] == "delete", 60, what="delete")
+    wait_until(
+        lambda: dest.records("d") == {} and dest.ops("d")[-1]["op"] == "delete", 60, what="delete"
+    )
     assert svc.terminate() == 0
 
 
-def test_delete_in_flight_then_person_reenters_is_sent_in_full(env: SyncEnv, dest: TestDestination) -> None:
+def test_delete_in_flight_then_person_reenters_is_sent_in_full(
+    env: SyncEnv, dest: TestDestination
+) -> None:
     model = Model()
     config = mirror_config(env, dest)
     svc = env.start(config)

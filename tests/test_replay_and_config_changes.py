@@ -30,7 +30,9 @@ def dest() -> Iterator[TestDestination]:
 
 def consumed(svc: ServiceProcess) -> int:
     total = 0
-    for match in re.finditer(r"^stream_sync_events_consumed_total\{[^}]*\} ([0-9.e+]+)$", svc.metrics(), re.M):
+    for match in re.finditer(
+        r"^stream_sync_events_consumed_total\{[^}]*\} ([0-9.e+]+)$", svc.metrics(), re.M
+    ):
         total += int(float(match.group(1)))
     return total
 
@@ -88,14 +90,18 @@ def test_replay_of_synced_history_sends_nothing(env: SyncEnv, dest: TestDestinat
     assert svc.terminate() == 0
 
 
-def test_full_resync_sends_one_full_operation_per_member(env: SyncEnv, dest: TestDestination) -> None:
+def test_full_resync_sends_one_full_operation_per_member(
+    env: SyncEnv, dest: TestDestination
+) -> None:
     config = env.write_config(dests(dest), acts())
     events = history(env)
     svc = run_until_caught_up(env, config, events)
     assert svc.terminate() == 0
     dest.reset_ops()
 
-    result = env.cli("replay", "--from", "earliest", "--full-resync", "--activation", "mir", config=config[0])
+    result = env.cli(
+        "replay", "--from", "earliest", "--full-resync", "--activation", "mir", config=config[0]
+    )
     assert result.returncode == 0, result.stderr
     svc = run_until_caught_up(env, config, events)
     ops = dest.ops("d-mir")
@@ -112,14 +118,18 @@ def test_full_resync_sends_one_full_operation_per_member(env: SyncEnv, dest: Tes
     assert svc.terminate() == 0
 
 
-def test_replay_refused_while_group_active_and_unknown_activation(env: SyncEnv, dest: TestDestination) -> None:
+def test_replay_refused_while_group_active_and_unknown_activation(
+    env: SyncEnv, dest: TestDestination
+) -> None:
     config = env.write_config(dests(dest), acts())
     svc = env.start(config)
     result = env.cli("replay", "--from", "earliest", config=config[0])
     assert result.returncode == 1
     assert "active member" in result.stderr
     assert svc.terminate() == 0
-    result = env.cli("replay", "--from", "earliest", "--full-resync", "--activation", "nope", config=config[0])
+    result = env.cli(
+        "replay", "--from", "earliest", "--full-resync", "--activation", "nope", config=config[0]
+    )
     assert result.returncode == 2 and "unknown activation" in result.stderr
     result = env.cli("replay", "--from", "yesterday", config=config[0])
     assert result.returncode == 2

@@ -67,8 +67,10 @@ def test_enter_update_exit_reenter(env: SyncEnv, dest: TestDestination) -> None:
     assert [op["op"] for op in upd] == ["update"]
     assert dest.records("d-upd") == {}
     wait_until(
-        lambda: 'stream_sync_operations_total{activation="upd",kind="create",outcome="ignored"} 1.0'
-        in svc.metrics(),
+        lambda: (
+            'stream_sync_operations_total{activation="upd",kind="create",outcome="ignored"} 1.0'
+            in svc.metrics()
+        ),
         what="ignored metric",
     )
 
@@ -94,7 +96,9 @@ def test_enter_update_exit_reenter(env: SyncEnv, dest: TestDestination) -> None:
     assert [op["op"] for op in dest.ops("d-mir")] == ["delete"]
     assert dest.records("d-mir") == {}
     assert dest.ops("d-up") == []
-    assert dest.records("d-up") == {"Ann@X.io": {"first_name": "Ann", "city": "Lyon", "plan": "pro"}}
+    assert dest.records("d-up") == {
+        "Ann@X.io": {"first_name": "Ann", "city": "Lyon", "plan": "pro"}
+    }
 
     # re-ENTER after a reconciled EXIT → the full record again
     dest.reset_ops()
@@ -170,7 +174,9 @@ def test_pending_identifier_then_synced(env: SyncEnv, dest: TestDestination) -> 
     assert svc.terminate() == 0
 
 
-def test_unset_attribute_is_cleared_and_tombstone_deletes(env: SyncEnv, dest: TestDestination) -> None:
+def test_unset_attribute_is_cleared_and_tombstone_deletes(
+    env: SyncEnv, dest: TestDestination
+) -> None:
     svc = env.start(env.write_config(dests(dest), three_modes(dest)[:2]))
     env.attrs("p4", {"email": "d@x.io", "first_name": "D", "city": "Nice"})
     env.enter("p4", "vip")
@@ -195,14 +201,22 @@ def test_poison_messages_go_to_warnings(env: SyncEnv, dest: TestDestination) -> 
     p = env.partition_of("p5")
     env.attrs("p5", {"email": "e@x.io"})
     env.raw("memberships", b"p5", b"{not json", partition=p)
-    env.raw("memberships", b"other", json.dumps(
-        {"person_id": "p5", "segment_id": "vip", "op": "ENTER", "ts": 1}).encode(), partition=p)
+    env.raw(
+        "memberships",
+        b"other",
+        json.dumps({"person_id": "p5", "segment_id": "vip", "op": "ENTER", "ts": 1}).encode(),
+        partition=p,
+    )
     env.raw("memberships", b"p5", None, partition=p)
     env.enter("p5", "vip")
     env.flush()
     wait_until(lambda: dest.records("d-up"), what="valid events applied")
     warnings = wait_until(
-        lambda: (w := consume_all(env.bootstrap, env.topics["warnings"], timeout=5)) and len(w) >= 3 and w,
+        lambda: (
+            (w := consume_all(env.bootstrap, env.topics["warnings"], timeout=5))
+            and len(w) >= 3
+            and w
+        ),
         what="3 warnings",
     )
     reasons = sorted(json.loads(w.value)["reason"] for w in warnings)
@@ -216,7 +230,9 @@ def test_poison_messages_go_to_warnings(env: SyncEnv, dest: TestDestination) -> 
     assert svc.terminate() == 0
 
 
-def test_rejected_person_goes_to_warnings_rest_of_batch_lands(env: SyncEnv, dest: TestDestination) -> None:
+def test_rejected_person_goes_to_warnings_rest_of_batch_lands(
+    env: SyncEnv, dest: TestDestination
+) -> None:
     dest.reject("bad1", "invalid_email", "email refused")
     dest.reject_batch_with("bad2")  # a 400 that names no culprit: the batch is split
     acts = [activation("up", "d-up", "upsert", max_wait_ms=500)]
@@ -228,11 +244,17 @@ def test_rejected_person_goes_to_warnings_rest_of_batch_lands(env: SyncEnv, dest
     env.flush()
     wait_until(lambda: len(dest.records("d-up")) == 6, what="6 good persons")
     warnings = wait_until(
-        lambda: (w := consume_all(env.bootstrap, env.topics["warnings"], timeout=5)) and len(w) >= 2 and w,
+        lambda: (
+            (w := consume_all(env.bootstrap, env.topics["warnings"], timeout=5))
+            and len(w) >= 2
+            and w
+        ),
         what="2 rejection warnings",
     )
     by_person = {json.loads(w.value)["person_id"]: json.loads(w.value) for w in warnings}
-    assert by_person["bad1"]["kind"] == "rejected" and by_person["bad1"]["reason"] == "invalid_email"
+    assert (
+        by_person["bad1"]["kind"] == "rejected" and by_person["bad1"]["reason"] == "invalid_email"
+    )
     assert by_person["bad2"]["kind"] == "rejected" and by_person["bad2"]["reason"] == "bad_batch"
     assert by_person["bad1"]["activation"] == "up" and by_person["bad1"]["destination"] == "d-up"
     # a rejected person is not resent on restart (recorded with the refused values)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from stream_sync.events import Value
@@ -70,7 +70,7 @@ class Operation:
     custom: frozenset[str] = frozenset()
 
 
-class OutcomeKind(str, Enum):
+class OutcomeKind(StrEnum):
     APPLIED = "applied"
     IGNORED = "ignored"
     REJECTED = "rejected"
@@ -106,9 +106,8 @@ class CheckRow:
 
 def canonical(value: Value) -> Value:
     """Compare-ready value: an integral double becomes a long, so ``1`` and ``1.0`` are equal."""
-    if isinstance(value, float) and not isinstance(value, bool):
-        if value.is_integer() and abs(value) < 2**53:
-            return int(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
     return value
 
 

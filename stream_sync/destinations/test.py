@@ -58,10 +58,13 @@ class TestAdapter(Adapter):
         )
         if response.status_code == 400:
             body = _json(response)
-            raise BatchRejected(str(body.get("reason", "bad_request")), str(body.get("message", "")))
+            raise BatchRejected(
+                str(body.get("reason", "bad_request")), str(body.get("message", ""))
+            )
         if response.status_code != 200:
             raise FatalDestinationError(
-                f"http_{response.status_code}", f"{self.name}: unexpected answer {response.status_code}"
+                f"http_{response.status_code}",
+                f"{self.name}: unexpected answer {response.status_code}",
             )
         results = _json(response).get("results")
         if not isinstance(results, list) or len(results) != len(ops):
@@ -91,7 +94,11 @@ class TestAdapter(Adapter):
         return outcomes
 
     def preview_request(self, op: Operation) -> dict[str, Any]:
-        return {"method": "POST", "url": self.http.url("/apply"), "body": {"operations": [_wire(op)]}}
+        return {
+            "method": "POST",
+            "url": self.http.url("/apply"),
+            "body": {"operations": [_wire(op)]},
+        }
 
     async def check(self) -> list[CheckRow]:
         try:
@@ -99,7 +106,9 @@ class TestAdapter(Adapter):
         except FatalDestinationError as err:
             return [CheckRow(f"destination {self.name}: credentials", False, err.message)]
         ok = response.status_code == 200
-        return [CheckRow(f"destination {self.name}: credentials", ok, f"HTTP {response.status_code}")]
+        return [
+            CheckRow(f"destination {self.name}: credentials", ok, f"HTTP {response.status_code}")
+        ]
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -76,7 +76,9 @@ class TestDestination(LoopbackEmulator):
         self._hold.clear()
         self._released.set()
 
-    def reject(self, person_id: str, reason: str = "invalid_person", message: str = "refused") -> None:
+    def reject(
+        self, person_id: str, reason: str = "invalid_person", message: str = "refused"
+    ) -> None:
         with self._lock:
             self._rejects[person_id] = (reason, message)
 
@@ -112,7 +114,9 @@ class TestDestination(LoopbackEmulator):
 
     # --- serving -----------------------------------------------------------------------
 
-    def _process(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Reply | None:
+    def _process(
+        self, method: str, target: str, headers: dict[str, str], raw: bytes
+    ) -> Reply | None:
         if self._hold.is_set() and target.endswith("/apply"):
             with self._lock:
                 self.held_count += 1
@@ -133,7 +137,10 @@ class TestDestination(LoopbackEmulator):
         if len(parts) != 2:
             return Reply(404, {"reason": "not_found", "message": request.path})
         namespace, action = parts
-        if self.token is not None and request.headers.get("authorization") != f"Bearer {self.token}":
+        if (
+            self.token is not None
+            and request.headers.get("authorization") != f"Bearer {self.token}"
+        ):
             return Reply(401, {"reason": "unauthorized", "message": "bad token"})
         if namespace in self._unauthorized:
             return Reply(401, {"reason": "unauthorized", "message": "token revoked"})

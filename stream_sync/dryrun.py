@@ -11,7 +11,16 @@ from typing import IO, Any
 from stream_sync.destinations.base import Adapter, Operation
 from stream_sync.state import OpKind
 
-_OP_NAMES = {OpKind.UPSERT: "upsert", OpKind.UPDATE: "update", OpKind.DELETE: "delete"}
+
+
+def op_name(op: Operation) -> str:
+    """``upsert`` (create-or-update with the full record), ``update`` (changed fields of a
+    synced person, or update_only) or ``delete``."""
+    if op.kind is OpKind.DELETE:
+        return "delete"
+    if op.kind is OpKind.UPSERT and op.full:
+        return "upsert"
+    return "update"
 
 
 class DryRunWriter:
@@ -40,7 +49,7 @@ class DryRunWriter:
                 "activation": activation,
                 "destination": destination,
                 "person_id": op.person_id,
-                "op": _OP_NAMES[op.kind],
+                "op": op_name(op),
                 "identifier": op.identifier,
                 "fields": op.fields,
                 "clears": list(op.clears),

@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--full-resync", action="store_true", help="resend every mapped field of every member once"
     )
     replay.add_argument("--activation", help="limit --full-resync to one activation")
+
+    approve = sub.add_parser(
+        "approve-deletes", help="release a deletion-guard hold of a mirror activation"
+    )
+    approve.add_argument("-c", "--config", required=True)
+    approve.add_argument("--activation", required=True)
     return parser
 
 
@@ -120,6 +126,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _check(args)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "approve-deletes":
+        return _approve_deletes(args)
     raise UsageError(f"unknown command {args.command}")  # pragma: no cover
 
 
@@ -304,6 +312,49 @@ def _replay(args: argparse.Namespace) -> int:
         writer.flush_blocking(30)
         print(f"full resync requested for {', '.join(chosen)} (token {token})")
     print("the next `stream-sync run` re-applies the input and reconciles")
+    return 0
+
+
+# --- approve-deletes -------------------------------------------------------------------------
+
+
+def _approve_deletes(args: argparse.Namespace) -> int:
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+
+    from stream_sync.kafka_setup import (
+        client_config,
+        ensure_topics,
+        inspect_topics,
+        wait_for_cluster,
+    )
+    from stream_sync.statewriter import StateWriter, producer_config
+
+    config = _load(args.config)
+    chosen = next((a for a in config.activations if a.id == args.activation), None)
+    if chosen is None:
+        raise UsageError(f"--activation: unknown activation id {args.activation!r}")
+    if chosen.effective_deletion_guard is None:
+        raise UsageError(
+            f"activation {args.activation!r} has no deletion guard (mirror mode with "
+            "deletion_guard enabled): nothing to approve"
+        )
+    admin = AdminClient(client_config(config))
+    metadata = wait_for_cluster(admin, float(config.kafka.startup_timeout_s))
+    layout = inspect_topics(config, metadata)
+    ensure_topics(config, admin, metadata, layout)
+    producer = Producer(producer_config(config.kafka.bootstrap_servers, client_config(config)))
+    writer = StateWriter(producer, config.topics.state)
+    approved_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    for p in range(layout.partitions):
+        writer.write_control(
+            p, "hold", args.activation, {"held": False, "approved_at": approved_at}
+        )
+    writer.flush_blocking(30)
+    print(
+        f"deletions of activation '{args.activation}' approved at {approved_at}; a running "
+        "service releases them within seconds, a stopped one at its next start"
+    )
     return 0
 
 

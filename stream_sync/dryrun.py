@@ -12,7 +12,6 @@ from stream_sync.destinations.base import Adapter, Operation
 from stream_sync.state import OpKind
 
 
-
 def op_name(op: Operation) -> str:
     """``upsert`` (create-or-update with the full record), ``update`` (changed fields of a
     synced person, or update_only) or ``delete``."""

@@ -28,6 +28,7 @@ from stream_sync.destinations.base import (
 )
 from stream_sync.dryrun import DryRunWriter
 from stream_sync.events import AttributeChange, MembershipChange, PersonDeleted, Value
+from stream_sync.guard import DeletionGuard, Hold
 from stream_sync.reconcile import (
     ActivationPlan,
     DecisionKind,
@@ -41,6 +42,7 @@ from stream_sync.state import (
     OpKind,
     Person,
     SyncRecord,
+    SyncStatus,
     apply_attributes,
     apply_deleted,
     apply_membership,
@@ -116,6 +118,8 @@ class ActivationWorker:
         warnings: WarningSink,
         dry_run: DryRunWriter | None,
         on_stopped: Callable[[str], None],
+        guard: DeletionGuard | None = None,
+        on_hold: Callable[[str, Hold], None] | None = None,
     ) -> None:
         self.plan = plan
         self.id = plan.id
@@ -136,13 +140,20 @@ class ActivationWorker:
         self.batches_in_flight = 0
         self._wake = anyio.Event()
         self.sent_operations = 0
+        self.guard = guard
+        self._on_hold = on_hold
+        self.held_deletes: set[str] = set()
+        self.synced_count = 0
         metrics.ACTIVATION_RUNNING.labels(self.id).set(1)
+        metrics.DELETION_HOLD.labels(self.id).set(0)
 
     # --- dirty marking (called from the consume loop) ------------------------------------
 
     def mark(self, person_id: str) -> None:
         if not self.running:
             return
+        if self.held_deletes:
+            self.held_deletes.discard(person_id)
         if person_id not in self.dirty:
             self.dirty[person_id] = time.monotonic()
             if len(self.dirty) >= self.max_size or len(self.dirty) == 1:
@@ -152,9 +163,14 @@ class ActivationWorker:
         self._wake.set()
 
     def discard_partition(self, person_ids: Iterable[str]) -> None:
+        persons = self.store.persons
         for pid in person_ids:
             self.dirty.pop(pid, None)
             self.pending_identifier.discard(pid)
+            self.held_deletes.discard(pid)
+            person = persons.get(pid)
+            if person is not None and _is_synced(person.sync.get(self.id)):
+                self.synced_count -= 1
 
     def backlog_scan(self, person_ids: Iterable[str]) -> None:
         """After restore and catch-up: mark every person whose destination record differs."""
@@ -164,6 +180,8 @@ class ActivationWorker:
             person = persons.get(pid)
             if person is None:
                 continue
+            if _is_synced(person.sync.get(self.id)):
+                self.synced_count += 1
             if self.plan.segment not in person.segments and self.id not in person.sync:
                 continue
             decision = reconcile(self.plan, pid, person, token)
@@ -255,6 +273,8 @@ class ActivationWorker:
                     _Pending(pid, person, decision.op, decision.desired, person.sync.get(self.id))
                 )
         metrics.PENDING_IDENTIFIER.labels(self.id).set(len(self.pending_identifier))
+        if self.guard is not None and pending:
+            pending = self._guard_deletes(pending)
         if not pending:
             return
         ops = [p.op for p in pending]
@@ -270,6 +290,71 @@ class ActivationWorker:
         for partition, key in intent_keys:
             if self.store.owns(partition):
                 self.writer.tombstone(partition, key)
+
+    def _guard_deletes(self, pending: list[_Pending]) -> list[_Pending]:
+        """Hold this batch's deletions when the deletion guard trips (or already holds)."""
+        guard = self.guard
+        assert guard is not None
+        deletes = [p for p in pending if p.op.kind is OpKind.DELETE]
+        if not deletes:
+            return pending
+        was_held = guard.held
+        if guard.allows(len(deletes), self._deletes_waiting(), self.synced_count):
+            return pending
+        if not was_held and guard.hold is not None:
+            self._hold_started(guard.hold)
+        for p in deletes:
+            self.held_deletes.add(p.person_id)
+        return [p for p in pending if p.op.kind is not OpKind.DELETE]
+
+    def _deletes_waiting(self) -> int:
+        """Dirty persons that would be deleted next (non-members still synced)."""
+        persons = self.store.persons
+        segment = self.plan.segment
+        count = 0
+        for pid in self.dirty:
+            person = persons.get(pid)
+            if person is not None and segment not in person.segments:
+                rec = person.sync.get(self.id)
+                if rec is not None and rec.status in (SyncStatus.SYNCED, SyncStatus.MAYBE):
+                    count += 1
+        return count
+
+    def _hold_started(self, hold: Hold) -> None:
+        metrics.DELETION_HOLD.labels(self.id).set(1)
+        log.error(
+            "deletion_guard_hold",
+            activation=self.id,
+            destination=self.destination,
+            deletes=hold.deletes,
+            synced=hold.synced,
+            max_fraction=self.guard.max_fraction if self.guard else None,
+            message=(
+                f"deletions held: {hold.deletes} of {hold.synced} synced members would be deleted "
+                f"within an hour; creates and updates go on. Check the segment upstream, then run "
+                f"`stream-sync approve-deletes -c CONFIG --activation {self.id}`"
+            ),
+        )
+        if self._on_hold is not None:
+            self._on_hold(self.id, hold)
+
+    def restore_hold(self, record: dict[str, object]) -> None:
+        if self.guard is None:
+            return
+        self.guard.restore(dict(record))
+        if self.guard.hold is not None:
+            metrics.DELETION_HOLD.labels(self.id).set(1)
+
+    def release_hold(self) -> None:
+        """``approve-deletes``: the held deletions go now."""
+        if self.guard is None or not self.guard.held:
+            return
+        held, self.held_deletes = self.held_deletes, set()
+        self.guard.release(len(held) + self._deletes_waiting())
+        metrics.DELETION_HOLD.labels(self.id).set(0)
+        for pid in held:
+            self.mark(pid)
+        log.warning("deletion_guard_released", activation=self.id, deletes=len(held))
 
     async def _write_intents(self, pending: Sequence[_Pending]) -> list[tuple[int, bytes]]:
         by_partition: dict[int, list[IntendedOp]] = {}
@@ -335,10 +420,13 @@ class ActivationWorker:
                 )
             record = record_after(p.before, op, p.desired, outcome, token)
             self._set_record(p.person_id, p.person, record, persist)
+            if op.kind is OpKind.DELETE and outcome.kind is OutcomeKind.APPLIED and self.guard:
+                self.guard.note_deleted(1)
 
     def _set_record(
         self, person_id: str, person: Person, record: SyncRecord | None, persist: bool
     ) -> None:
+        self.synced_count += _is_synced(record) - _is_synced(person.sync.get(self.id))
         if record is None:
             person.sync.pop(self.id, None)
         else:
@@ -384,6 +472,10 @@ class ActivationWorker:
         self._warn("activation_stopped", err.reason, err.message, None)
         self.dirty.clear()
         self._on_stopped(self.id)
+
+
+def _is_synced(record: SyncRecord | None) -> int:
+    return 1 if record is not None and record.status is SyncStatus.SYNCED else 0
 
 
 def _op_label(op: Operation) -> str:

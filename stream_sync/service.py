@@ -24,6 +24,7 @@ from stream_sync.destinations.base import Adapter
 from stream_sync.dryrun import DryRunWriter
 from stream_sync.engine import ActivationWorker, Engine, Store
 from stream_sync.events import Decoder, PoisonMessage
+from stream_sync.guard import DeletionGuard, Hold
 from stream_sync.kafka_setup import (
     StartupError,
     client_config,
@@ -34,7 +35,7 @@ from stream_sync.kafka_setup import (
 )
 from stream_sync.reconcile import ActivationPlan
 from stream_sync.restore import PartitionState, restore_partitions
-from stream_sync.state import fold_intent
+from stream_sync.state import decode_control, fold_intent
 from stream_sync.statewriter import StateWriter, WarningSink, producer_config
 
 log = structlog.get_logger("stream_sync.service")
@@ -110,6 +111,12 @@ class Service:
         workers = []
         for act in cfg.activations:
             adapter = self.adapters[act.destination]
+            settings = act.effective_deletion_guard
+            guard = (
+                DeletionGuard(settings.max_fraction, settings.min_members)
+                if settings is not None
+                else None
+            )
             workers.append(
                 ActivationWorker(
                     build_plan(act, adapter),
@@ -122,6 +129,8 @@ class Service:
                     warnings=self.warnings,
                     dry_run=dry.get(act.destination),
                     on_stopped=self._activation_stopped,
+                    guard=guard,
+                    on_hold=self._hold_started,
                 )
             )
         self.engine = Engine(self.store, workers, self.writer)
@@ -150,6 +159,7 @@ class Service:
                         health.serve, cfg.http.host, cfg.http.port, self.healthz, self.readyz
                     )
                 tg.start_soon(self._signals, tg.cancel_scope)
+                tg.start_soon(self._watch_approvals)
                 for worker in self.engine.workers:
                     tg.start_soon(worker.run)
                 await self._consume_loop()
@@ -408,6 +418,11 @@ class Service:
                     "destination and identifier cannot change under the same id: use a new id",
                     2,
                 )
+            hold = state.controls.get(f"hold/{act.id}")
+            if hold is not None:
+                for worker in self.engine.workers:
+                    if worker.id == act.id:
+                        worker.restore_hold(hold)
             token = state.controls.get(f"resync/{act.id}")
             if token is not None:
                 store.resync[act.id] = str(token.get("token"))
@@ -424,6 +439,53 @@ class Service:
             if all(self.next_offset.get(key, 0) >= end for key, end in targets.items()):
                 del self.catching_up[p]
                 self.engine.partition_ready(p)
+
+    # --- deletion guard ----------------------------------------------------------------------
+
+    def _hold_started(self, activation: str, hold: Hold) -> None:
+        """Persist a hold in every state partition: it survives restarts and rebalances."""
+        for p in range(self.partitions):
+            self.writer.write_control(p, "hold", activation, hold.to_record())
+
+    async def _watch_approvals(self) -> None:
+        """While a hold exists, tail state partition 0 for ``approve-deletes`` records."""
+        consumer: Consumer | None = None
+        try:
+            while True:
+                held = {w.id: w for w in self.engine.workers if w.guard and w.guard.held}
+                if not held:
+                    if consumer is not None:
+                        await to_thread.run_sync(consumer.close)
+                        consumer = None
+                    await anyio.sleep(1.0)
+                    continue
+                if consumer is None:
+                    consumer = await to_thread.run_sync(self._approval_consumer)
+                for msg in await to_thread.run_sync(consumer.consume, 100, 1.0):
+                    if msg.error() is not None or msg.value() is None:
+                        continue
+                    key = (msg.key() or b"").decode(errors="replace")
+                    kind, _, act = key.partition("/")
+                    if kind == "hold" and act in held:
+                        record = decode_control(msg.value())  # type: ignore[arg-type]
+                        if not record.get("held"):
+                            held[act].release_hold()
+        finally:
+            if consumer is not None:
+                with anyio.CancelScope(shield=True):
+                    await to_thread.run_sync(consumer.close)
+
+    def _approval_consumer(self) -> Consumer:
+        conf = {
+            **client_config(self.config),
+            "group.id": f"{self.config.kafka.group_id}.approvals",
+            "enable.auto.commit": False,
+        }
+        consumer = Consumer(conf)
+        tp = TopicPartition(self.config.topics.state, 0)
+        _, high = consumer.get_watermark_offsets(tp, timeout=10)
+        consumer.assign([TopicPartition(self.config.topics.state, 0, max(int(high), 0))])
+        return consumer
 
     # --- stopping ------------------------------------------------------------------------
 

@@ -1,0 +1,178 @@
+"""Pure parts of the engine: reconciliation rules, intent folding, guard, backoff."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream_sync.destinations.base import Adapter, Outcome
+from stream_sync.guard import DeletionGuard
+from stream_sync.http import backoff_delay, parse_retry_after
+from stream_sync.reconcile import ActivationPlan, DecisionKind, reconcile, record_after
+from stream_sync.state import (
+    IntendedOp,
+    OpKind,
+    Person,
+    SyncRecord,
+    SyncStatus,
+    decode_sync,
+    encode_sync,
+    fold_intent,
+)
+
+
+class _Plain(Adapter):
+    type_name = "plain"
+
+    async def apply(self, ops):  # type: ignore[no-untyped-def]
+        return [Outcome.applied() for _ in ops]
+
+    def preview_request(self, op):  # type: ignore[no-untyped-def]
+        return {}
+
+
+def plan(mode: str = "upsert") -> ActivationPlan:
+    adapter = _Plain("d")
+    return ActivationPlan(
+        id="a",
+        segment="vip",
+        mode=mode,
+        identifier_attr="email",
+        fields=(("first_name", "name", None, False), ("plan", "plan", None, True)),
+        format_identifier=adapter.format_identifier,
+        format_field=adapter.format_field,
+    )
+
+
+def person(attrs: dict[str, object], member: bool = True, sync: SyncRecord | None = None) -> Person:
+    p = Person(0)
+    p.attrs = dict(attrs)  # type: ignore[arg-type]
+    if member:
+        p.segments.add("vip")
+    if sync is not None:
+        p.sync["a"] = sync
+    return p
+
+
+def synced(values: dict[str, object], ident: str = "a@x.io") -> SyncRecord:
+    return SyncRecord(SyncStatus.SYNCED, dict(values), ident)  # type: ignore[arg-type]
+
+
+def test_new_member_gets_full_record_without_clears() -> None:
+    d = reconcile(plan(), "p", person({"email": "a@x.io", "first_name": "A", "plan": 1.0}))
+    assert d.kind is DecisionKind.SEND and d.op is not None
+    assert d.op.full and d.op.kind is OpKind.UPSERT
+    assert d.op.fields == {"name": "A", "plan": 1} and d.op.clears == ()
+
+
+def test_synced_member_gets_only_changed_fields_and_clears() -> None:
+    p = person({"email": "a@x.io", "plan": 2}, sync=synced({"name": "A", "plan": 1.0}))
+    d = reconcile(plan(), "p", p)
+    assert d.op is not None and not d.op.full
+    assert d.op.fields == {"plan": 2} and d.op.clears == ("name",)
+
+
+def test_nothing_differs_nothing_sent() -> None:
+    p = person({"email": "a@x.io", "plan": 1.0}, sync=synced({"plan": 1}))
+    assert reconcile(plan(), "p", p).kind is DecisionKind.NONE
+
+
+def test_exit_mirror_deletes_other_modes_record_left() -> None:
+    p = person({"email": "a@x.io"}, member=False, sync=synced({"plan": 1}))
+    d = reconcile(plan("mirror"), "p", p)
+    assert d.op is not None and d.op.kind is OpKind.DELETE
+    d = reconcile(plan("upsert"), "p", p)
+    assert d.kind is DecisionKind.RECORD and d.record is not None
+    assert d.record.status is SyncStatus.LEFT and d.record.values == {"plan": 1}
+
+
+def test_reenter_after_left_sends_full_record_plus_clears() -> None:
+    left = SyncRecord(SyncStatus.LEFT, {"name": "A", "plan": 1}, "a@x.io")
+    d = reconcile(plan(), "p", person({"email": "a@x.io", "plan": 1}, sync=left))
+    assert d.op is not None and d.op.full
+    assert d.op.fields == {"plan": 1} and d.op.clears == ("name",)
+
+
+def test_update_only_uses_update_and_pending_identifier() -> None:
+    d = reconcile(plan("update_only"), "p", person({"email": "a@x.io"}))
+    assert d.op is not None and d.op.kind is OpKind.UPDATE
+    assert reconcile(plan(), "p", person({"plan": 1})).kind is DecisionKind.PENDING
+
+
+def test_ignored_retried_only_when_values_change() -> None:
+    ignored = SyncRecord(SyncStatus.IGNORED, {"plan": 1}, "a@x.io")
+    same = person({"email": "a@x.io", "plan": 1}, sync=ignored)
+    assert reconcile(plan("update_only"), "p", same).kind is DecisionKind.NONE
+    changed = person({"email": "a@x.io", "plan": 2}, sync=ignored)
+    assert reconcile(plan("update_only"), "p", changed).kind is DecisionKind.SEND
+
+
+@pytest.mark.parametrize(
+    ("kind", "before", "member", "expect"),
+    [
+        # create in flight, then the person leaves: mirror must still delete
+        (OpKind.UPSERT, None, False, OpKind.DELETE),
+        # delete in flight, then the person re-enters: full record
+        (OpKind.DELETE, synced({"plan": 1}), True, OpKind.UPSERT),
+    ],
+)
+def test_folded_intents_are_right_either_way(
+    kind: OpKind, before: SyncRecord | None, member: bool, expect: OpKind
+) -> None:
+    p = person({"email": "a@x.io", "plan": 1}, member=member, sync=before)
+    fold_intent(p, "a", IntendedOp("p", kind, "a@x.io", ("plan",), ()))
+    d = reconcile(plan("mirror"), "p", p)
+    assert d.op is not None and d.op.kind is expect
+    if expect is OpKind.UPSERT:
+        assert d.op.full and d.op.fields == {"plan": 1}
+
+
+def test_value_set_in_flight_then_unset_is_cleared() -> None:
+    p = person({"email": "a@x.io"}, sync=synced({}))
+    fold_intent(p, "a", IntendedOp("p", OpKind.UPSERT, "a@x.io", ("plan",), ()))
+    d = reconcile(plan(), "p", p)
+    assert d.op is not None and d.op.clears == ("plan",)
+
+
+def test_record_after_partial_update_merges() -> None:
+    p = person({"email": "a@x.io", "plan": 2}, sync=synced({"name": "A", "plan": 1}))
+    d = reconcile(plan(), "p", p)
+    assert d.op is not None
+    rec = record_after(p.sync["a"], d.op, d.desired, Outcome.applied("r1"), None)
+    assert rec is not None and rec.values == {"plan": 2} and rec.ref == "r1"
+    assert decode_sync(encode_sync(rec)) == rec
+
+
+def test_guard_window_and_allowance() -> None:
+    now = [0.0]
+    guard = DeletionGuard(0.2, 10, clock=lambda: now[0])
+    assert guard.allows(2, 0, 20)
+    guard.note_deleted(2)
+    assert guard.allows(2, 0, 20)  # 4 of 20 = 20 %: allowed
+    guard.note_deleted(2)
+    assert not guard.allows(1, 0, 20) and guard.held
+    guard.release(1)
+    assert guard.allows(1, 0, 20)
+    guard.note_deleted(1)  # approved: not counted
+    assert guard.deleted_in_window() == 0
+    now[0] += 3601
+    assert guard.allows(4, 0, 20)
+    assert DeletionGuard(0.2, 100).allows(50, 0, 60)  # below min_members
+
+
+@given(st.integers(min_value=0, max_value=60), st.floats(min_value=0.1, max_value=120))
+def test_backoff_is_bounded_full_jitter(attempt: int, cap: float) -> None:
+    delay = backoff_delay(attempt, None, max_backoff_s=cap)
+    assert 0 <= delay <= cap
+    assert backoff_delay(attempt, 7.0, max_backoff_s=cap) == 7.0
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_retry_after("3") == 3.0
+    date = (now + timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    assert parse_retry_after(date, now) == 30.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None

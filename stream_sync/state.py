@@ -294,7 +294,12 @@ def fold_intent(person: Person, activation: str, op: IntendedOp) -> SyncRecord:
     """
     current = person.sync.get(activation)
     if op.kind is OpKind.DELETE:
-        rec = SyncRecord(SyncStatus.MAYBE, {}, op.identifier, None, None)
+        # deleted or not: if the person comes back, its full record is sent, and every field
+        # the old record may still hold is cleared unless it has a value again
+        values: dict[str, Value] = {}
+        if current is not None:
+            values = {name: None for name in current.values}
+        rec = SyncRecord(SyncStatus.MAYBE, values, op.identifier, None, None)
     elif current is not None and current.status is SyncStatus.SYNCED:
         values = dict(current.values)
         for name in (*op.fields, *op.clears):

@@ -130,6 +130,14 @@ def test_folded_intents_are_right_either_way(
         assert d.op.full and d.op.fields == {"plan": 1}
 
 
+def test_delete_in_flight_maybe_unapplied_then_reenter_clears_old_fields() -> None:
+    p = person({"email": "a@x.io", "plan": 1}, sync=synced({"plan": 1, "name": "A"}))
+    fold_intent(p, "a", IntendedOp("p", OpKind.DELETE, "a@x.io", (), ()))
+    d = reconcile(plan("mirror"), "p", p)
+    assert d.op is not None and d.op.full
+    assert d.op.fields == {"plan": 1} and d.op.clears == ("name",)
+
+
 def test_value_set_in_flight_then_unset_is_cleared() -> None:
     p = person({"email": "a@x.io"}, sync=synced({}))
     fold_intent(p, "a", IntendedOp("p", OpKind.UPSERT, "a@x.io", ("plan",), ()))

@@ -146,13 +146,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     import anyio
-    from confluent_kafka.admin import AdminClient
 
     from stream_sync.config import ConfigError, load_config, overlapping_activations
     from stream_sync.destinations import build_adapter
     from stream_sync.kafka_setup import (
         StartupError,
-        client_config,
+        admin_client,
         inspect_topics,
         topic_config,
         wait_for_cluster,
@@ -170,8 +169,8 @@ def _check(args: argparse.Namespace) -> int:
     for warning in overlapping_activations(config):
         rows.append(("WARN", "activations", warning))
     try:
-        admin = AdminClient(client_config(config))
-        metadata = wait_for_cluster(admin, min(float(config.kafka.startup_timeout_s), 15.0))
+        admin, errors = admin_client(config)
+        metadata = wait_for_cluster(admin, min(float(config.kafka.startup_timeout_s), 15.0), errors)
         rows.append(("ok", "kafka", f"reachable at {config.kafka.bootstrap_servers}"))
         layout = inspect_topics(config, metadata)
         rows.append(
@@ -242,10 +241,10 @@ def parse_from(value: str) -> datetime | None:
 
 def _replay(args: argparse.Namespace) -> int:
     from confluent_kafka import Consumer, TopicPartition
-    from confluent_kafka.admin import AdminClient
 
     from stream_sync.kafka_setup import (
         StartupError,
+        admin_client,
         client_config,
         ensure_topics,
         inspect_topics,
@@ -262,8 +261,8 @@ def _replay(args: argparse.Namespace) -> int:
         if args.activation not in ids:
             raise UsageError(f"--activation: unknown activation id {args.activation!r}")
     group = config.kafka.group_id
-    admin = AdminClient(client_config(config))
-    metadata = wait_for_cluster(admin, float(config.kafka.startup_timeout_s))
+    admin, errors = admin_client(config)
+    metadata = wait_for_cluster(admin, float(config.kafka.startup_timeout_s), errors)
     layout = inspect_topics(config, metadata)
     described = admin.describe_consumer_groups([group])[group].result(timeout=15)
     if described.members:
@@ -320,9 +319,9 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _approve_deletes(args: argparse.Namespace) -> int:
     from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient
 
     from stream_sync.kafka_setup import (
+        admin_client,
         client_config,
         ensure_topics,
         inspect_topics,
@@ -339,8 +338,8 @@ def _approve_deletes(args: argparse.Namespace) -> int:
             f"activation {args.activation!r} has no deletion guard (mirror mode with "
             "deletion_guard enabled): nothing to approve"
         )
-    admin = AdminClient(client_config(config))
-    metadata = wait_for_cluster(admin, float(config.kafka.startup_timeout_s))
+    admin, errors = admin_client(config)
+    metadata = wait_for_cluster(admin, float(config.kafka.startup_timeout_s), errors)
     layout = inspect_topics(config, metadata)
     ensure_topics(config, admin, metadata, layout)
     producer = Producer(producer_config(config.kafka.bootstrap_servers, client_config(config)))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.cimpl import NewTopic
@@ -21,13 +23,58 @@ class StartupError(Exception):
         self.exit_code = exit_code
 
 
-def client_config(config: Any) -> dict[str, Any]:
+#: librdkafka's own log lines go through this logger (JSON, like every other line)
+KAFKA_LOG = logging.getLogger("stream_sync.kafka")
+
+#: errors that retrying cannot fix: wrong credentials, untrusted certificate
+_FATAL_CODES = {KafkaError._AUTHENTICATION, KafkaError._SSL}
+
+
+class ClientErrors:
+    """librdkafka's ``error_cb``: keeps the last error so messages can name the real cause."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.last: KafkaError | None = None
+        self.fatal: KafkaError | None = None
+
+    def __call__(self, error: KafkaError) -> None:
+        with self._lock:
+            self.last = error
+            if error.code() in _FATAL_CODES or error.fatal():
+                self.fatal = error
+
+    def describe(self) -> str:
+        error = self.fatal or self.last
+        if error is None:
+            return ""
+        return f"{_kind(error)}: {error.str()}"
+
+
+def _kind(error: KafkaError) -> str:
+    code = error.code()
+    if code == KafkaError._AUTHENTICATION:
+        return "SASL authentication failed"
+    if code == KafkaError._SSL:
+        return "SSL/TLS failure (certificate or handshake)"
+    return str(error.name())
+
+
+def client_config(config: Any, errors: ClientErrors | None = None) -> dict[str, Any]:
     """librdkafka properties every client gets: bootstrap plus ``kafka.client`` extras."""
     extras: dict[str, Any] = {}
     for key, value in dict(config.kafka.client).items():
         secret = getattr(value, "get_secret_value", None)
         extras[key] = secret() if callable(secret) else value
-    return {**extras, "bootstrap.servers": config.kafka.bootstrap_servers}
+    conf = {**extras, "bootstrap.servers": config.kafka.bootstrap_servers, "logger": KAFKA_LOG}
+    if errors is not None:
+        conf["error_cb"] = errors
+    return conf
+
+
+def admin_client(config: Any) -> tuple[AdminClient, ClientErrors]:
+    errors = ClientErrors()
+    return AdminClient(client_config(config, errors)), errors
 
 
 def consumer_config(config: Any) -> dict[str, Any]:
@@ -53,17 +100,25 @@ class TopicLayout:
     warnings_exists: bool
 
 
-def wait_for_cluster(admin: AdminClient, timeout_s: float) -> Any:
+def wait_for_cluster(
+    admin: AdminClient, timeout_s: float, errors: ClientErrors | None = None
+) -> Any:
+    """Cluster metadata; a clear StartupError when Kafka cannot be reached or refuses us."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while True:
         try:
-            return admin.list_topics(timeout=min(5.0, max(timeout_s, 0.5)))
+            return admin.list_topics(timeout=min(2.0, max(timeout_s, 0.5)))
         except KafkaException as err:
             last = err
+        admin.poll(0.1)  # serves error_cb
+        if errors is not None and errors.fatal is not None:
+            raise StartupError(f"Kafka refused the connection: {errors.describe()}", 1)
         if time.monotonic() >= deadline:
-            raise StartupError(f"Kafka is unreachable after {timeout_s:g}s: {last}", 1)
-        time.sleep(0.5)
+            cause = errors.describe() if errors is not None else ""
+            detail = cause or (last.args[0].str() if last and last.args else str(last))
+            raise StartupError(f"Kafka is unreachable after {timeout_s:g}s: {detail}", 1)
+        time.sleep(0.2)
 
 
 def inspect_topics(config: Any, metadata: Any) -> TopicLayout:

@@ -16,7 +16,6 @@ import anyio
 import structlog
 from anyio import from_thread, to_thread
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from stream_sync import health, metrics
 from stream_sync.destinations import build_adapter
@@ -27,6 +26,7 @@ from stream_sync.events import Decoder, PoisonMessage
 from stream_sync.guard import DeletionGuard, Hold
 from stream_sync.kafka_setup import (
     StartupError,
+    admin_client,
     client_config,
     consumer_config,
     ensure_topics,
@@ -88,8 +88,8 @@ class Service:
 
     def _connect(self) -> None:
         cfg = self.config
-        admin = AdminClient(client_config(cfg))
-        metadata = wait_for_cluster(admin, cfg.kafka.startup_timeout_s)
+        admin, errors = admin_client(cfg)
+        metadata = wait_for_cluster(admin, cfg.kafka.startup_timeout_s, errors)
         layout = inspect_topics(cfg, metadata)
         ensure_topics(cfg, admin, metadata, layout)
         self.partitions = layout.partitions

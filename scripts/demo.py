@@ -193,7 +193,9 @@ def scrape(port: int) -> dict[str, float]:
     except httpx.HTTPError:
         return {}
     out: dict[str, float] = {}
-    for name, labels, value in re.findall(r"^(stream_sync_\w+)(\{[^}]*\})? ([0-9.e+-]+)$", text, re.M):
+    for name, labels, value in re.findall(
+        r"^(stream_sync_\w+)(\{[^}]*\})? ([0-9.e+-]+)$", text, re.M
+    ):
         key = name + (labels or "")
         out[key] = out.get(key, 0.0) + float(value)
     return out
@@ -204,7 +206,9 @@ def total(metrics: dict[str, float], prefix: str) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--persons", type=int, default=5000)
     parser.add_argument("--churn", type=int, default=20000, help="churn events before the start")

@@ -144,6 +144,8 @@ class ActivationWorker:
         self._on_hold = on_hold
         self.held_deletes: set[str] = set()
         self.synced_count = 0
+        #: destination field → source attribute, so warnings name what users map
+        self._source_of = {dest: src for src, dest, _, _ in plan.fields}
         metrics.ACTIVATION_RUNNING.labels(self.id).set(1)
         metrics.DELETION_HOLD.labels(self.id).set(0)
 
@@ -409,7 +411,7 @@ class ActivationWorker:
                     problem.reason,
                     problem.message,
                     p.person_id,
-                    attribute=problem.field,
+                    attribute=self._source_of.get(problem.field, problem.field),
                 )
             if outcome.kind is OutcomeKind.REJECTED:
                 self._warn(

@@ -118,16 +118,23 @@ class RateLimit:
 
 
 class WeightedLimiter:
-    """A leaky bucket of ``burst`` capacity draining at ``per_second`` (aiolimiter)."""
+    """A leaky bucket of ``burst`` capacity draining at ``per_second`` (aiolimiter).
+
+    Large bursts keep 2 % of headroom: our bucket starts counting when a request leaves, the
+    vendor's when it arrives, and the first requests of a burst arrive closer together than
+    they left (connection set-up) — without headroom the first saturation costs one 429.
+    """
 
     def __init__(self, limit: RateLimit) -> None:
         self.limit = limit
-        self._limiter = AsyncLimiter(limit.burst, limit.burst / limit.per_second)
+        capacity = limit.burst if limit.burst < 50 else int(limit.burst * 0.98)
+        self.capacity = capacity
+        self._limiter = AsyncLimiter(capacity, capacity / limit.per_second)
 
     async def acquire(self, weight: int = 1) -> None:
         remaining = weight
         while remaining > 0:
-            step = min(remaining, self.limit.burst)
+            step = min(remaining, self.capacity)
             await self._limiter.acquire(step)
             remaining -= step
 

@@ -207,7 +207,7 @@ def test_rejected_attributes_warn_while_the_rest_lands(env: SyncEnv) -> None:
         found = warnings_of(env, 3, "three attribute warnings")
         rejected = {(w["person_id"], w["attribute"]): w for w in found}
         assert all(w["kind"] == "attribute_rejected" for w in found), found
-        batch_said = rejected[("r1", "$email_address")]
+        batch_said = rejected[("r1", "email")]  # named by its source attribute
         assert batch_said["reason"] == "invalid_attribute"
         assert "value refused by the project" in batch_said["message"]
         assert batch_said["activation"] == "to-batch" and batch_said["destination"] == "batch"

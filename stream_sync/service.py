@@ -6,7 +6,6 @@ One anyio event loop. librdkafka's blocking calls run in worker threads; rebalan
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
 from collections.abc import Sequence
@@ -522,9 +521,9 @@ class Service:
 
     async def _close(self) -> None:
         with anyio.CancelScope(shield=True):
-            self._closing = True
-            with contextlib.suppress(Exception):
-                self.consumer.unsubscribe()
+            if not hasattr(self, "consumer"):
+                return  # failed before Kafka was reached
+            # close() revokes the partitions (flush + commit in _on_revoke) and leaves the group
             await to_thread.run_sync(self.consumer.close)
             for adapter in self.adapters.values():
                 await adapter.aclose()

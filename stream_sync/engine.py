@@ -161,6 +161,12 @@ class ActivationWorker:
             if len(self.dirty) >= self.max_size or len(self.dirty) == 1:
                 self._wake.set()
 
+    def publish_gauges(self) -> None:
+        """Backlog: persons owed to the destination (dirty, in flight, or held deletions)."""
+        owed = len(self.dirty) + len(self.in_flight) + len(self.held_deletes)
+        metrics.BACKLOG.labels(self.id).set(owed)
+        metrics.PENDING_IDENTIFIER.labels(self.id).set(len(self.pending_identifier))
+
     def mark_wake(self) -> None:
         self._wake.set()
 
@@ -191,8 +197,7 @@ class ActivationWorker:
                 self.mark(pid)
             elif decision.kind is DecisionKind.PENDING:
                 self.pending_identifier.add(pid)
-        metrics.PENDING_IDENTIFIER.labels(self.id).set(len(self.pending_identifier))
-        metrics.BACKLOG.labels(self.id).set(len(self.dirty))
+        self.publish_gauges()
 
     # --- the worker loop -------------------------------------------------------------------
 
@@ -200,6 +205,9 @@ class ActivationWorker:
         while self.running and not self.stopping:
             batch = await self._next_batch()
             if batch is None:
+                continue
+            if not batch:  # only persons of partitions not ready (rebalancing): wait
+                await anyio.sleep(0.05)
                 continue
             self.batches_in_flight += 1
             try:
@@ -236,22 +244,31 @@ class ActivationWorker:
         return sum(1 for pid in self.dirty if pid not in self.in_flight)
 
     def _take(self) -> list[str]:
+        """The oldest dirty persons of ready partitions, not in flight, up to ``max_size``.
+
+        Persons of a partition that is not ready (revoked, restoring) stay dirty: the partition
+        may come back in the same rebalance.
+        """
         taken: list[str] = []
+        gone: list[str] = []
         ready_partitions = self.store.ready
         persons = self.store.persons
-        for pid in list(self.dirty):
-            if pid in self.in_flight:
+        in_flight = self.in_flight
+        for pid in self.dirty:
+            if pid in in_flight:
                 continue
             person = persons.get(pid)
-            if person is None or person.partition not in ready_partitions:
-                del self.dirty[pid]
-                continue
+            if person is None:
+                gone.append(pid)
+            elif person.partition in ready_partitions:
+                taken.append(pid)
+                if len(taken) >= self.max_size:
+                    break
+        for pid in gone:
             del self.dirty[pid]
-            taken.append(pid)
-            if len(taken) >= self.max_size:
-                break
-        self.in_flight.update(taken)
-        metrics.BACKLOG.labels(self.id).set(len(self.dirty))
+        for pid in taken:
+            del self.dirty[pid]
+        in_flight.update(taken)
         return taken
 
     async def _process(self, person_ids: Sequence[str]) -> None:

@@ -74,8 +74,13 @@ class Service:
         self.last_poll = time.monotonic()
         self.restoring: set[int] = set()
         self.owned: set[int] = set()
-        self._retained: set[int] = set()
-        self._events: list[tuple[str, set[int], list[Any]]] = []
+        #: partitions whose state is in memory and current (owned, or revoked and not yet
+        #: reassigned elsewhere): written on the loop thread only, read by _on_assign while
+        #: the loop waits for consume() to return
+        self._memory: set[int] = set()
+        self._lost_pending: set[int] = set()
+        self._assigned_once = False
+        self._events: list[tuple[str, set[int], set[int]]] = []
         self.next_offset: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.catching_up: dict[int, dict[tuple[str, int], int]] = {}
@@ -177,6 +182,8 @@ class Service:
         return True, "ok"
 
     def readyz(self) -> tuple[bool, str]:
+        if not self._assigned_once:
+            return False, "waiting for the group to assign partitions"
         if self.restoring or self._events:
             return False, f"restoring partitions {sorted(self.restoring)}"
         return True, f"ready ({len(self.owned)} partitions)"
@@ -268,6 +275,8 @@ class Service:
                 self.committed[(tp.topic, tp.partition)] = tp.offset
             metrics.COMMITS.inc()
         self._update_lag()
+        for worker in self.engine.workers:
+            worker.publish_gauges()
 
     def _update_lag(self) -> None:
         for (topic, partition), offset in self.next_offset.items():
@@ -292,11 +301,15 @@ class Service:
 
     def _on_assign(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         nums = {tp.partition for tp in tps}
-        new = sorted(nums - self._retained)
+        # an eager rebalance revokes everything and assigns again: partitions still in memory
+        # (flushed and committed on revoke) are kept as they are; the others are paused until
+        # restored from the state topic
+        kept = nums & (self._memory - self._lost_pending)
+        new = sorted(nums - kept)
         consumer.assign(tps)
         if new:
             consumer.pause(self._input_tps(new))
-        self._events.append(("assign", nums, tps))
+        self._events.append(("assign", nums, kept))
 
     def _on_revoke(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         nums = {tp.partition for tp in tps}
@@ -307,10 +320,12 @@ class Service:
                 consumer.commit(offsets=offsets, asynchronous=False)
         except Exception as err:
             log.warning("revoke_commit_failed", error=str(err))
-        self._events.append(("revoke", nums, tps))
+        self._events.append(("revoke", nums, set()))
 
     def _on_lost(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
-        self._events.append(("lost", {tp.partition for tp in tps}, tps))
+        nums = {tp.partition for tp in tps}
+        self._lost_pending |= nums
+        self._events.append(("lost", nums, set()))
 
     def _prepare_revoke(self, nums: set[int]) -> list[TopicPartition]:
         self.writer.flush_persons(nums)
@@ -324,34 +339,34 @@ class Service:
 
     async def _handle_rebalance(self) -> None:
         events, self._events = self._events, []
-        for kind, nums, _ in events:
+        for kind, nums, kept in events:
             if kind == "revoke":
                 for p in nums:
                     self.committed.pop((self.config.topics.memberships, p), None)
                     self.committed.pop((self.config.topics.attributes, p), None)
-                self._retained |= nums & self.owned
                 self.owned -= nums
             elif kind == "lost":
                 for p in nums:
                     self._drop(p)
                 self.owned -= nums
+                self._lost_pending -= nums
             else:
-                for p in self._retained - nums:
+                for p in self._memory - nums:
                     self._drop(p)
-                kept = nums & self._retained
-                self._retained = set()
                 new = sorted(nums - kept)
                 self.owned = set(nums)
+                self._assigned_once = True
                 for p in kept:
                     self.store.ready.add(p)
-                    for worker in self.engine.workers:
-                        worker.mark_wake()
+                for worker in self.engine.workers:
+                    worker.mark_wake()
                 if new:
                     await self._restore(new)
                 log.info("assigned", partitions=sorted(nums), restored=new, kept=sorted(kept))
         metrics.ASSIGNED_PARTITIONS.set(len(self.owned))
 
     def _drop(self, p: int) -> None:
+        self._memory.discard(p)
         self.engine.partition_dropped(p)
         self.writer.drop_pending([p])
         self.catching_up.pop(p, None)
@@ -369,6 +384,7 @@ class Service:
         )
         for p in partitions:
             self._merge(states[p])
+            self._memory.add(p)
         await self.writer.flush()
         tps = self._input_tps(partitions)
         committed = await to_thread.run_sync(lambda: self.consumer.committed(tps, timeout=15))

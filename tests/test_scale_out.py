@@ -1,0 +1,252 @@
+"""Design §9: two `stream-sync run` processes in one group share the partitions; when one is
+SIGKILLed the other takes its partitions over, restores them from the state topic, and the
+destination converges to the state computed here, independently, from the events.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fakes.test_destination import TestDestination
+from tests.harness import ServiceProcess, SyncEnv, activation, test_destination_config, wait_until
+from tests.kafka_helpers import committed_offsets, end_offsets
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+PARTITIONS = 4
+FIELDS = {"first_name": "first_name", "city": "city"}
+CUSTOM = ["plan"]
+MAX_SIZE = 50
+
+
+@pytest.fixture
+def env(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SyncEnv]:
+    sync_env = SyncEnv(
+        kafka_bootstrap,
+        tmp_path,
+        request.node.name[:30].replace("_", "-"),
+        partitions=PARTITIONS,
+    )
+    yield sync_env
+    sync_env.close()
+
+
+@pytest.fixture
+def dest() -> Iterator[TestDestination]:
+    with TestDestination() as server:
+        yield server
+
+
+class Model:
+    """The expected source view, computed from the events as design §2 and §4 define."""
+
+    def __init__(self) -> None:
+        self.attrs: dict[str, dict[str, Any]] = {}
+        self.segments: dict[str, set[str]] = {}
+
+    def enter(self, env: SyncEnv, pid: str) -> None:
+        self.segments.setdefault(pid, set()).add("vip")
+        env.enter(pid, "vip")
+
+    def exit(self, env: SyncEnv, pid: str) -> None:
+        self.segments.setdefault(pid, set()).discard("vip")
+        env.exit(pid, "vip")
+
+    def set(self, env: SyncEnv, pid: str, values: dict[str, Any]) -> None:
+        attrs = self.attrs.setdefault(pid, {})
+        for name, value in values.items():
+            if value is None:
+                attrs.pop(name, None)
+            else:
+                attrs[name] = value
+        env.attrs(pid, values)
+
+    def expected(self) -> dict[str, dict[str, Any]]:
+        """What the mirror activation must leave in the destination: identifier → fields."""
+        out: dict[str, dict[str, Any]] = {}
+        for pid, segments in self.segments.items():
+            attrs = self.attrs.get(pid, {})
+            if "vip" in segments and attrs.get("email") is not None:
+                mapped = {dest: attrs[src] for src, dest in FIELDS.items() if src in attrs}
+                mapped.update({name: attrs[name] for name in CUSTOM if name in attrs})
+                out[attrs["email"]] = mapped
+        return out
+
+
+def random_events(env: SyncEnv, model: Model, rng: random.Random, persons: int, count: int) -> None:
+    values: dict[str, Callable[[], Any]] = {
+        "first_name": lambda: rng.choice(["Ann", "Bob", "Cid", "Dee", None]),
+        "city": lambda: rng.choice(["Paris", "Lyon", "Nice", None]),
+        "plan": lambda: rng.choice(["free", "pro", "team"]),
+    }
+    for _ in range(count):
+        pid = f"p{rng.randrange(persons)}"
+        if pid not in model.attrs:
+            model.set(env, pid, {"email": f"{pid}@x.io"})
+        if rng.random() < 0.3:
+            if "vip" in model.segments.get(pid, set()):
+                model.exit(env, pid)
+            else:
+                model.enter(env, pid)
+        else:
+            names = rng.sample(sorted(values), rng.randint(1, 3))
+            model.set(env, pid, {name: values[name]() for name in names})
+    env.flush()
+
+
+def describe_diff(actual: dict[str, Any], expected: dict[str, Any]) -> str:
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    differ = sorted(k for k in set(actual) & set(expected) if actual[k] != expected[k])
+    lines = [f"missing {len(missing)}, extra {len(extra)}, differing {len(differ)}"]
+    lines += [f"missing {k}: {expected[k]}" for k in missing[:5]]
+    lines += [f"extra {k}: {actual[k]}" for k in extra[:5]]
+    lines += [f"differ {k}: {actual[k]} != {expected[k]}" for k in differ[:5]]
+    return "\n".join(lines)
+
+
+def wait_converged(dest: TestDestination, expected: dict[str, Any], what: str) -> None:
+    try:
+        wait_until(lambda: dest.records("d") == expected, 180, interval=0.5, what=what)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{describe_diff(dest.records('d'), expected)}") from None
+
+
+def wait_all_committed(env: SyncEnv, what: str) -> None:
+    """Every input partition consumed and committed by the group up to its end offset."""
+
+    def lagging() -> list[str]:
+        behind = []
+        for kind in ("memberships", "attributes"):
+            topic = env.topics[kind]
+            committed = committed_offsets(env.bootstrap, env.group, topic)
+            for p, end in end_offsets(env.bootstrap, topic).items():
+                if end > 0 and committed.get(p, -1) < end:
+                    behind.append(f"{kind}[{p}] committed {committed.get(p)} < end {end}")
+        return behind
+
+    try:
+        wait_until(lambda: not lagging(), 120, interval=0.5, what=what)
+    except AssertionError as err:
+        raise AssertionError(f"{err}: {lagging()}") from None
+
+
+def metric(svc: ServiceProcess, name: str) -> float | None:
+    """Sum of the samples called ``name`` in the process's /metrics; None if unreachable."""
+    text = svc.metrics()
+    if not text:
+        return None
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def assigned(svc: ServiceProcess) -> int:
+    value = metric(svc, "stream_sync_assigned_partitions")
+    return -1 if value is None else int(value)
+
+
+def ready(svc: ServiceProcess) -> bool:
+    response = svc.get("/readyz")
+    return response is not None and response.status_code == 200
+
+
+def last_assignment(svc: ServiceProcess) -> dict[str, Any]:
+    """The process's last `assigned` log line (partitions, restored, kept)."""
+    found: dict[str, Any] = {}
+    for line in svc.logs().splitlines():
+        if line.startswith("{") and '"assigned"' in line:
+            item = json.loads(line)
+            if item.get("event") == "assigned":
+                found = item
+    return found
+
+
+@pytest.mark.xfail(
+    strict=False,  # a race: the bug bites when both rebalance callbacks land in one consume()
+    reason="service bug: Service._on_assign computes the partitions to pause as "
+    "`nums - self._retained` before _handle_rebalance has processed the revoke queued in the "
+    "same consume() call, so partitions an instance keeps across a rebalance are paused, then "
+    "treated as 'kept' (no restore) and never resumed: that instance stops consuming them",
+)
+def test_two_instances_share_partitions_and_one_takes_over_after_sigkill(
+    env: SyncEnv, dest: TestDestination
+) -> None:
+    rng = random.Random(41)
+    model = Model()
+    destinations = {"d": test_destination_config(dest.url("d"))}
+    activations = [
+        activation(
+            "mir",
+            "d",
+            "mirror",
+            fields=FIELDS,
+            custom=CUSTOM,
+            max_size=MAX_SIZE,
+            max_wait_ms=100,
+            deletion_guard=False,  # the random churn deletes far more than 20 % per hour
+        )
+    ]
+    # one config file each: same group, same everything, but its own HTTP port
+    config_a = env.write_config(destinations, activations, filename="a.yaml")
+    config_b = env.write_config(destinations, activations, filename="b.yaml")
+    assert config_a[1] != config_b[1]
+    svc_a = env.start(config_a)
+    svc_b = env.start(config_b)
+
+    # both ready, the four partitions shared between them
+    def shared() -> bool:
+        a, b = assigned(svc_a), assigned(svc_b)
+        return a > 0 and b > 0 and a + b == PARTITIONS and ready(svc_a) and ready(svc_b)
+
+    wait_until(shared, 120, interval=0.5, what="both instances sharing the partitions")
+
+    random_events(env, model, rng, persons=1000, count=4000)
+    wait_all_committed(env, "both instances consuming their partitions")
+    wait_converged(dest, model.expected(), "convergence with two instances")
+    # both did their share of the work
+    for svc in (svc_a, svc_b):
+        assert (metric(svc, "stream_sync_events_consumed_total") or 0) > 0
+        assert (metric(svc, "stream_sync_operations_total") or 0) > 0
+    b_partitions = set(last_assignment(svc_b)["partitions"])
+    a_partitions = set(last_assignment(svc_a)["partitions"])
+    assert a_partitions | b_partitions == set(range(PARTITIONS))
+    assert not a_partitions & b_partitions
+    restored_before = metric(svc_a, "stream_sync_state_records_restored_total") or 0
+
+    # a batch in flight in each instance (one activation: one batch at a time per process)
+    dest.hold()
+    held_before = dest.held_count
+    random_events(env, model, rng, persons=1000, count=3000)
+    wait_until(lambda: dest.held_count - held_before >= 2, 60, what="a batch held per instance")
+    svc_b.kill()
+    dest.release(apply=True)  # B's batch was applied; B never learnt it
+    random_events(env, model, rng, persons=1000, count=2000)  # also for B's partitions
+
+    # A takes B's partitions over, restoring them from the state topic first
+    wait_until(
+        lambda: assigned(svc_a) == PARTITIONS and ready(svc_a),
+        120,
+        interval=0.5,
+        what="A owns every partition",
+    )
+    takeover = last_assignment(svc_a)
+    assert set(takeover["partitions"]) == set(range(PARTITIONS))
+    assert set(takeover["restored"]) == b_partitions, takeover
+    assert (metric(svc_a, "stream_sync_state_records_restored_total") or 0) > restored_before
+
+    wait_all_committed(env, "A consuming every partition")
+    wait_converged(dest, model.expected(), "convergence after the takeover")
+    # redundant writes stay within B's batch in flight (design §5)
+    assert dest.ns("d").noops <= MAX_SIZE, dest.ns("d").noops
+    assert svc_a.terminate() == 0

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import structlog
@@ -120,6 +121,7 @@ class ActivationWorker:
         on_stopped: Callable[[str], None],
         guard: DeletionGuard | None = None,
         on_hold: Callable[[str, Hold], None] | None = None,
+        lanes: int = 1,
     ) -> None:
         self.plan = plan
         self.id = plan.id
@@ -139,6 +141,8 @@ class ActivationWorker:
         self.stopping = False
         self.batches_in_flight = 0
         self._wake = anyio.Event()
+        self.lanes = lanes
+        self._lanes_scope: anyio.CancelScope | None = None
         self.sent_operations = 0
         self.guard = guard
         self._on_hold = on_hold
@@ -148,6 +152,8 @@ class ActivationWorker:
         self._source_of = {dest: src for src, dest, _, _ in plan.fields}
         metrics.ACTIVATION_RUNNING.labels(self.id).set(1)
         metrics.DELETION_HOLD.labels(self.id).set(0)
+        self._ops_metric: dict[tuple[str, str], Any] = {}
+        self._batch_metric = metrics.BATCH_SIZE.labels(self.id)
 
     # --- dirty marking (called from the consume loop) ------------------------------------
 
@@ -159,7 +165,7 @@ class ActivationWorker:
         if person_id not in self.dirty:
             self.dirty[person_id] = time.monotonic()
             if len(self.dirty) >= self.max_size or len(self.dirty) == 1:
-                self._wake.set()
+                self.mark_wake()
 
     def publish_gauges(self) -> None:
         """Backlog: persons owed to the destination (dirty, in flight, or held deletions)."""
@@ -168,7 +174,9 @@ class ActivationWorker:
         metrics.PENDING_IDENTIFIER.labels(self.id).set(len(self.pending_identifier))
 
     def mark_wake(self) -> None:
-        self._wake.set()
+        """Wake every lane waiting for work (each waits on the event current when it began)."""
+        event, self._wake = self._wake, anyio.Event()
+        event.set()
 
     def discard_partition(self, person_ids: Iterable[str]) -> None:
         persons = self.store.persons
@@ -181,27 +189,33 @@ class ActivationWorker:
                 self.synced_count -= 1
 
     def backlog_scan(self, person_ids: Iterable[str]) -> None:
-        """After restore and catch-up: mark every person whose destination record differs."""
-        token = self.store.resync.get(self.id)
+        """After restore and catch-up: every person this activation may owe something is
+        marked dirty; the flush reconciles each once (and drops those already in step)."""
         persons = self.store.persons
+        segment = self.plan.segment
+        act = self.id
         for pid in person_ids:
             person = persons.get(pid)
             if person is None:
                 continue
-            if _is_synced(person.sync.get(self.id)):
+            sync = person.sync.get(act)
+            if sync is not None and sync.status is SyncStatus.SYNCED:
                 self.synced_count += 1
-            if self.plan.segment not in person.segments and self.id not in person.sync:
-                continue
-            decision = reconcile(self.plan, pid, person, token)
-            if decision.kind in (DecisionKind.SEND, DecisionKind.RECORD):
+            if segment in person.segments or sync is not None:
                 self.mark(pid)
-            elif decision.kind is DecisionKind.PENDING:
-                self.pending_identifier.add(pid)
         self.publish_gauges()
 
     # --- the worker loop -------------------------------------------------------------------
 
     async def run(self) -> None:
+        """``lanes`` batches may be in flight at once (never two for one person), so one
+        batch's round trip does not hold the next batch window back."""
+        async with anyio.create_task_group() as tg:
+            self._lanes_scope = tg.cancel_scope
+            for _ in range(self.lanes):
+                tg.start_soon(self._lane)
+
+    async def _lane(self) -> None:
         while self.running and not self.stopping:
             batch = await self._next_batch()
             if batch is None:
@@ -224,7 +238,6 @@ class ActivationWorker:
                 return None
             ready = self._ready_count()
             if ready == 0:
-                self._wake = anyio.Event()
                 with anyio.move_on_after(0.5):
                     await self._wake.wait()
                 continue
@@ -232,7 +245,6 @@ class ActivationWorker:
                 oldest = next(iter(self.dirty.values()))
                 wait = oldest + self.max_wait_s - time.monotonic()
                 if wait > 0:
-                    self._wake = anyio.Event()
                     with anyio.move_on_after(wait):
                         await self._wake.wait()
                     continue
@@ -297,7 +309,7 @@ class ActivationWorker:
         if not pending:
             return
         ops = [p.op for p in pending]
-        metrics.BATCH_SIZE.labels(self.id).observe(len(ops))
+        self._batch_metric.observe(len(ops))
         if self.dry_run is not None:
             self.dry_run.write(self.id, self.destination, self.adapter, ops)
             outcomes = [Outcome.applied() for _ in ops]
@@ -417,8 +429,11 @@ class ActivationWorker:
     ) -> None:
         for p, outcome in zip(pending, outcomes, strict=True):
             op = p.op
-            kind = _op_label(op)
-            metrics.OPERATIONS.labels(self.id, kind, outcome.kind.value).inc()
+            key = (_op_label(op), outcome.kind.value)
+            counter = self._ops_metric.get(key)
+            if counter is None:
+                counter = self._ops_metric[key] = metrics.OPERATIONS.labels(self.id, *key)
+            counter.inc()
             self.sent_operations += 1
             if self.store.persons.get(p.person_id) is not p.person:
                 continue  # partition revoked meanwhile: the new owner resolves the intent
@@ -490,6 +505,8 @@ class ActivationWorker:
         )
         self._warn("activation_stopped", err.reason, err.message, None)
         self.dirty.clear()
+        if self._lanes_scope is not None:
+            self._lanes_scope.cancel()  # other lanes may be retrying against the same refusal
         self._on_stopped(self.id)
 
 
@@ -547,7 +564,7 @@ class Engine:
                                 marked.add(id(w))
                                 w.mark(pid)
         else:
-            segments = set(person.segments)
+            segments = person.segments
             if apply_deleted(person):
                 self.writer.person_changed(partition, pid, person)
                 if ready:

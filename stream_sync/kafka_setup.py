@@ -83,7 +83,7 @@ def consumer_config(config: Any) -> dict[str, Any]:
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
         "max.poll.interval.ms": 600_000,
-        "fetch.wait.max.ms": 100,
+        "fetch.wait.max.ms": 20,  # the broker holds an empty fetch this long: latency
         **base,
         "group.id": config.kafka.group_id,
         "enable.auto.commit": False,

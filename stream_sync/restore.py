@@ -105,7 +105,7 @@ def _apply(state: PartitionState, key: bytes | None, value: bytes | None) -> Non
         if value is None:
             if person is not None:
                 person.attrs = {}
-                person.segments = set()
+                person.segments = frozenset()
             return
         if person is None:
             person = state.persons[pid] = Person(state.partition)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -56,7 +57,8 @@ class Person:
     def __init__(self, partition: int) -> None:
         self.partition = partition
         self.attrs: dict[str, Value] = {}
-        self.segments: set[str] = set()
+        #: a pooled frozenset (see :func:`segment_set`): persons share their segment sets
+        self.segments: frozenset[str] = _NO_SEGMENTS
         self.sync: dict[str, SyncRecord] = {}
 
     def is_empty(self) -> bool:
@@ -117,16 +119,33 @@ class BatchIntent:
 # --- applying input events to the source view ------------------------------------------
 
 
+_NO_SEGMENTS: frozenset[str] = frozenset()
+_SEGMENT_SETS: dict[frozenset[str], frozenset[str]] = {_NO_SEGMENTS: _NO_SEGMENTS}
+
+
+def segment_set(segments: Iterable[str]) -> frozenset[str]:
+    """The shared frozenset equal to ``segments``: a few distinct combinations exist, so
+    persons share them instead of holding a set each (memory per tracked person)."""
+    key = frozenset(segments)
+    pooled = _SEGMENT_SETS.get(key)
+    if pooled is None:
+        if len(_SEGMENT_SETS) > 100_000:  # pathological: many distinct combinations
+            return key
+        pooled = _SEGMENT_SETS[key] = frozenset(sys.intern(s) for s in key)
+    return pooled
+
+
 def apply_membership(person: Person, event: MembershipChange) -> bool:
     """Apply an ENTER/EXIT; return whether membership changed."""
+    segments = person.segments
     if event.op == "ENTER":
-        if event.segment_id in person.segments:
+        if event.segment_id in segments:
             return False
-        person.segments.add(event.segment_id)
+        person.segments = segment_set((*segments, event.segment_id))
         return True
-    if event.segment_id not in person.segments:
+    if event.segment_id not in segments:
         return False
-    person.segments.discard(event.segment_id)
+    person.segments = segment_set(s for s in segments if s != event.segment_id)
     return True
 
 
@@ -139,9 +158,14 @@ def apply_attributes(person: Person, event: AttributeChange) -> set[str]:
             if name in attrs:
                 del attrs[name]
                 changed.add(name)
-        elif attrs.get(name, _MISSING) != value or type(attrs.get(name)) is not type(value):
-            attrs[name] = value
-            changed.add(name)
+        else:
+            old = attrs.get(name, _MISSING)
+            if old is _MISSING:
+                attrs[sys.intern(name)] = value  # names are few: one string for all persons
+                changed.add(name)
+            elif old != value or type(old) is not type(value):
+                attrs[name] = value
+                changed.add(name)
     for name in event.unset:
         if name in attrs:
             del attrs[name]
@@ -153,7 +177,7 @@ def apply_deleted(person: Person) -> bool:
     """Upstream deletion: the person leaves every segment and its attributes are dropped."""
     changed = bool(person.attrs or person.segments)
     person.attrs = {}
-    person.segments = set()
+    person.segments = _NO_SEGMENTS
     return changed
 
 
@@ -214,7 +238,7 @@ def encode_person(person: Person) -> bytes:
 def decode_person_into(person: Person, data: bytes) -> None:
     rec = _read(_PERSON_SCHEMA, data)
     person.attrs = rec["attrs"]
-    person.segments = set(rec["segments"])
+    person.segments = segment_set(rec["segments"])
 
 
 def encode_sync(rec: SyncRecord) -> bytes:

@@ -27,6 +27,10 @@ from stream_sync.state import (
 
 log = structlog.get_logger("stream_sync.state")
 
+_PERSON_WRITES = metrics.STATE_WRITES.labels("person")
+_SYNC_WRITES = metrics.STATE_WRITES.labels("sync")
+_INTENT_WRITES = metrics.STATE_WRITES.labels("intent")
+
 
 class StateWriteFailed(RuntimeError):
     """Kafka refused a state or warnings write: offsets must not be committed."""
@@ -106,7 +110,7 @@ class StateWriter(_Producing):
             self.produce(self.topic, person_key(pid), value, person.partition)
             produced += 1
         self.pending_persons = keep
-        metrics.STATE_WRITES.labels("person").inc(produced)
+        _PERSON_WRITES.inc(produced)
         self.producer.poll(0)
         return produced
 
@@ -121,14 +125,14 @@ class StateWriter(_Producing):
     ) -> None:
         value = None if record is None else encode_sync(record)
         self.produce(self.topic, sync_key(activation, person_id), value, partition)
-        metrics.STATE_WRITES.labels("sync").inc()
+        _SYNC_WRITES.inc()
 
     def write_intent(
         self, partition: int, activation: str, batch_id: str, intent: BatchIntent
     ) -> bytes:
         key = intent_key(activation, batch_id)
         self.produce(self.topic, key, encode_intent(intent), partition)
-        metrics.STATE_WRITES.labels("intent").inc()
+        _INTENT_WRITES.inc()
         return key
 
     def tombstone(self, partition: int, key: bytes) -> None:

@@ -51,6 +51,7 @@ def mirror_config(env: SyncEnv, dest: TestDestination) -> tuple[Path, int]:
                 custom=CUSTOM,
                 max_size=MAX_SIZE,
                 max_wait_ms=100,
+                deletion_guard=False,  # the random churn deletes far more than 20 % an hour
             )
         ],
     )

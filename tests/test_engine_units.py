@@ -51,7 +51,7 @@ def person(attrs: dict[str, object], member: bool = True, sync: SyncRecord | Non
     p = Person(0)
     p.attrs = dict(attrs)  # type: ignore[arg-type]
     if member:
-        p.segments.add("vip")
+        p.segments = frozenset({"vip"})
     if sync is not None:
         p.sync["a"] = sync
     return p

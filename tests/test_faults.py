@@ -428,6 +428,9 @@ def test_destination_down_others_unaffected_then_catches_up_from_state(
 def test_backlog_of_a_down_destination_is_visible_in_metrics(
     env: SyncEnv, dest: TestDestination
 ) -> None:
+    """Design §5: the backlog of a down destination is visible in metrics — persons marked
+    while its worker is stuck retrying one batch count too, not only those seen when that
+    batch was taken (before 75ba8b4 the gauge stayed at 0 here)."""
     model = Model()
     config = env.write_config(
         {"d": test_destination_config(dest.url("d"), retry=FAST_RETRY)}, [mirror("mir", "d")]

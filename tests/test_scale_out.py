@@ -172,13 +172,6 @@ def last_assignment(svc: ServiceProcess) -> dict[str, Any]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: the bug bites when both rebalance callbacks land in one consume()
-    reason="service bug: Service._on_assign computes the partitions to pause as "
-    "`nums - self._retained` before _handle_rebalance has processed the revoke queued in the "
-    "same consume() call, so partitions an instance keeps across a rebalance are paused, then "
-    "treated as 'kept' (no restore) and never resumed: that instance stops consuming them",
-)
 def test_two_instances_share_partitions_and_one_takes_over_after_sigkill(
     env: SyncEnv, dest: TestDestination
 ) -> None:

@@ -150,6 +150,7 @@ class ActivationWorker:
         self.synced_count = 0
         #: destination field → source attribute, so warnings name what users map
         self._source_of = {dest: src for src, dest, _, _ in plan.fields}
+        self._sources = tuple((dest, src) for src, dest, _, _ in plan.fields)
         metrics.ACTIVATION_RUNNING.labels(self.id).set(1)
         metrics.DELETION_HOLD.labels(self.id).set(0)
         self._ops_metric: dict[tuple[str, str], Any] = {}
@@ -199,8 +200,10 @@ class ActivationWorker:
             if person is None:
                 continue
             sync = person.sync.get(act)
-            if sync is not None and sync.status is SyncStatus.SYNCED:
-                self.synced_count += 1
+            if sync is not None:
+                if sync.status is SyncStatus.SYNCED:
+                    self.synced_count += 1
+                _share_values(sync.values, person.attrs, self._sources)
             if segment in person.segments or sync is not None:
                 self.mark(pid)
         self.publish_gauges()
@@ -508,6 +511,20 @@ class ActivationWorker:
         if self._lanes_scope is not None:
             self._lanes_scope.cancel()  # other lanes may be retrying against the same refusal
         self._on_stopped(self.id)
+
+
+def _share_values(
+    values: dict[str, Value], attrs: dict[str, Value], sources: tuple[tuple[str, str], ...]
+) -> None:
+    """Restored sync values equal to the source attribute point to the same object (the two
+    were decoded separately): memory per tracked person."""
+    for dest, src in sources:
+        value = values.get(dest)
+        if value is None:
+            continue
+        attr = attrs.get(src)
+        if attr is not None and attr is not value and type(attr) is type(value) and attr == value:
+            values[dest] = attr
 
 
 def _is_synced(record: SyncRecord | None) -> int:

@@ -132,11 +132,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import gc
+
     import anyio
 
     from stream_sync.service import Service
 
     config = _load(args.config)
+    # the state is many small long-lived objects and holds no reference cycles: collect the
+    # young generation less often (fewer pauses on the hot path)
+    gc.set_threshold(50_000, 20, 20)
     service = Service(config)
     return anyio.run(service.run)
 

@@ -190,8 +190,12 @@ class ActivationWorker:
                 self.synced_count -= 1
 
     def backlog_scan(self, person_ids: Iterable[str]) -> None:
-        """After restore and catch-up: every person this activation may owe something is
-        marked dirty; the flush reconciles each once (and drops those already in step)."""
+        """After restore and catch-up: mark the persons whose destination record differs.
+
+        Only those: marking everyone and letting the flush sort them out would send batches
+        of the few that differ among ``max_size`` taken, wasting API calls.
+        """
+        token = self.store.resync.get(self.id)
         persons = self.store.persons
         segment = self.plan.segment
         act = self.id
@@ -203,9 +207,14 @@ class ActivationWorker:
             if sync is not None:
                 if sync.status is SyncStatus.SYNCED:
                     self.synced_count += 1
-                _share_values(sync.values, person.attrs, self._sources)
-            if segment in person.segments or sync is not None:
+                _share_values(sync, person.attrs, self._sources, self.plan.identifier_attr)
+            elif segment not in person.segments:
+                continue
+            decision = reconcile(self.plan, pid, person, token)
+            if decision.kind in (DecisionKind.SEND, DecisionKind.RECORD):
                 self.mark(pid)
+            elif decision.kind is DecisionKind.PENDING:
+                self.pending_identifier.add(pid)
         self.publish_gauges()
 
     # --- the worker loop -------------------------------------------------------------------
@@ -514,10 +523,14 @@ class ActivationWorker:
 
 
 def _share_values(
-    values: dict[str, Value], attrs: dict[str, Value], sources: tuple[tuple[str, str], ...]
+    record: SyncRecord,
+    attrs: dict[str, Value],
+    sources: tuple[tuple[str, str], ...],
+    identifier_attr: str,
 ) -> None:
     """Restored sync values equal to the source attribute point to the same object (the two
     were decoded separately): memory per tracked person."""
+    values = record.values
     for dest, src in sources:
         value = values.get(dest)
         if value is None:
@@ -525,6 +538,9 @@ def _share_values(
         attr = attrs.get(src)
         if attr is not None and attr is not value and type(attr) is type(value) and attr == value:
             values[dest] = attr
+    ident = attrs.get(identifier_attr)
+    if record.identifier is not None and isinstance(ident, str) and ident == record.identifier:
+        record.identifier = ident
 
 
 def _is_synced(record: SyncRecord | None) -> int:

@@ -6,6 +6,7 @@ One anyio event loop. librdkafka's blocking calls run in worker threads; rebalan
 
 from __future__ import annotations
 
+import gc
 import signal
 import time
 from collections.abc import Sequence
@@ -457,6 +458,11 @@ class Service:
             if all(self.next_offset.get(key, 0) >= end for key, end in targets.items()):
                 del self.catching_up[p]
                 self.engine.partition_ready(p)
+                if not self.catching_up:
+                    # the restored state is long-lived: keep the cyclic GC from scanning it
+                    # again and again (pauses of 100 ms and more with 100,000 persons)
+                    gc.collect()
+                    gc.freeze()
 
     # --- deletion guard ----------------------------------------------------------------------
 

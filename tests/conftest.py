@@ -180,3 +180,34 @@ def make_topic(kafka_bootstrap: str) -> Iterator[TopicFactory]:
         yield factory
     finally:
         factory.cleanup()
+
+
+# --------------------------------------------------------------------------- service tests
+
+
+@pytest.fixture
+def sync_partitions() -> int:
+    """Partitions of a test's input topics; a module overrides this fixture to change it."""
+    return 2
+
+
+@pytest.fixture
+def env(
+    kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest, sync_partitions: int
+) -> Iterator[Any]:
+    """One test's topics, config and `stream-sync run` processes (`tests/harness.py`)."""
+    from tests.harness import SyncEnv
+
+    name = request.node.name[:30].replace("_", "-")
+    sync_env = SyncEnv(kafka_bootstrap, tmp_path, name, partitions=sync_partitions)
+    yield sync_env
+    sync_env.close()
+
+
+@pytest.fixture
+def dest() -> Iterator[Any]:
+    """The fault-injecting test destination, a real HTTP server on loopback."""
+    from tests.fakes.test_destination import TestDestination
+
+    with TestDestination() as server:
+        yield server

@@ -53,8 +53,12 @@ class RefusingBatch(BatchEmulator):
             if isinstance(value, str) and value in self.refused:
                 del kept["attributes"][name]
                 errors.append(
-                    {"category": "attribute", "bulk_index": index, "attribute": name,
-                     "reason": "value refused by the project"}
+                    {
+                        "category": "attribute",
+                        "bulk_index": index,
+                        "attribute": name,
+                        "reason": "value refused by the project",
+                    }
                 )
         return errors + super()._apply(index, kept)
 
@@ -109,8 +113,13 @@ def upsert(
     if custom is None:
         custom = {name for name in [*fields, *clears] if not name.startswith("$")}
     return Operation(
-        person_id or identifier, OpKind.UPSERT, identifier, fields=fields, clears=clears,
-        full=not clears, custom=frozenset(custom),
+        person_id or identifier,
+        OpKind.UPSERT,
+        identifier,
+        fields=fields,
+        clears=clears,
+        full=not clears,
+        custom=frozenset(custom),
     )
 
 
@@ -133,8 +142,14 @@ def offline(offline_http: DestinationHttp) -> BatchAdapter:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(" Ann@X.io ", " Ann@X.io "), ("ABC", "ABC"), (42, "42"), (7.0, "7"), (1.5, "1.5"),
-     ("x" * 1023, "x" * 1023)],
+    [
+        (" Ann@X.io ", " Ann@X.io "),
+        ("ABC", "ABC"),
+        (42, "42"),
+        (7.0, "7"),
+        (1.5, "1.5"),
+        ("x" * 1023, "x" * 1023),
+    ],
 )
 def test_custom_id_is_sent_exactly_as_given(
     offline: BatchAdapter, value: Value, expected: str
@@ -144,9 +159,13 @@ def test_custom_id_is_sent_exactly_as_given(
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [("", "identifier_empty"), ("x" * 1024, "identifier_too_long"),
-     (True, "identifier_not_scalar"), (["a"], "identifier_not_scalar"),
-     (float("nan"), "identifier_not_scalar")],
+    [
+        ("", "identifier_empty"),
+        ("x" * 1024, "identifier_too_long"),
+        (True, "identifier_not_scalar"),
+        (["a"], "identifier_not_scalar"),
+        (float("nan"), "identifier_not_scalar"),
+    ],
 )
 def test_unusable_custom_id(offline: BatchAdapter, value: Value, reason: str) -> None:
     with pytest.raises(Unidentifiable) as err:
@@ -286,13 +305,25 @@ def test_typed_wire_keys_only_for_declared_dates_and_urls(offline: BatchAdapter)
     offline.format_field("signup", "2024-01-31", "date", True)
     offline.format_field("home", "https://x.io", "url", True)
     offline.format_field("plan", "pro", "string", True)
-    op = upsert("u1", {"signup": "2024-01-31T00:00:00Z", "home": "https://x.io", "plan": "pro",
-                       "$language": "fr"}, custom={"signup", "home", "plan"})
+    op = upsert(
+        "u1",
+        {
+            "signup": "2024-01-31T00:00:00Z",
+            "home": "https://x.io",
+            "plan": "pro",
+            "$language": "fr",
+        },
+        custom={"signup", "home", "plan"},
+    )
     (wire,) = offline.wire_operations(op)
     assert wire == {
         "identifiers": {"custom_id": "u1"},
-        "attributes": {"date(signup)": "2024-01-31T00:00:00Z", "url(home)": "https://x.io",
-                       "plan": "pro", "$language": "fr"},
+        "attributes": {
+            "date(signup)": "2024-01-31T00:00:00Z",
+            "url(home)": "https://x.io",
+            "plan": "pro",
+            "$language": "fr",
+        },
     }
     # a native field is never typed, whatever the name
     assert offline.wire_key("signup", custom=False) == "signup"
@@ -325,10 +356,18 @@ async def test_upsert_creates_and_updates_with_typed_and_null_attributes(
     profile = emu.profile(" Ann ")
     assert profile is not None and emu.profile("Ann") is None
     assert profile.attributes == {
-        "$email_address": "Ann@x.io", "$phone_number": "+33612345678", "$language": "fr",
-        "$region": "FR", "$timezone": "Europe/Paris", "$email_marketing": "subscribed",
-        "$sms_marketing": "unsubscribed", "signup": "2024-01-31T12:00:00Z",
-        "home": "https://shop.example/ann", "tags": ["vip", "eu"], "ltv": 12, "optin": True,
+        "$email_address": "Ann@x.io",
+        "$phone_number": "+33612345678",
+        "$language": "fr",
+        "$region": "FR",
+        "$timezone": "Europe/Paris",
+        "$email_marketing": "subscribed",
+        "$sms_marketing": "unsubscribed",
+        "signup": "2024-01-31T12:00:00Z",
+        "home": "https://shop.example/ann",
+        "tags": ["vip", "eu"],
+        "ltv": 12,
+        "optin": True,
         "plan": "pro",
     }
     assert profile.types == {"signup": "date", "home": "url"}
@@ -340,8 +379,10 @@ async def test_upsert_creates_and_updates_with_typed_and_null_attributes(
     assert outcomes[0].kind is OutcomeKind.APPLIED
     last = emu.requests[-1]
     assert last.body == [
-        {"identifiers": {"custom_id": " Ann "},
-         "attributes": {"plan": "max", "tags": None, "signup": None}}
+        {
+            "identifiers": {"custom_id": " Ann "},
+            "attributes": {"plan": "max", "tags": None, "signup": None},
+        }
     ]
     assert last.headers["content-type"].startswith("application/json")
     profile = emu.profile(" Ann ")
@@ -426,10 +467,13 @@ async def test_partial_error_naming_no_attribute_rejects_that_person(
 ) -> None:
     emu.inject(
         202,
-        body={"code": "SUCCESS_WITH_PARTIAL_ERRORS", "errors": [
-            {"category": "identifier", "bulk_index": 1, "reason": "custom_id refused"},
-            {"category": "attribute", "bulk_index": 7, "attribute": "x", "reason": "?"},
-        ]},
+        body={
+            "code": "SUCCESS_WITH_PARTIAL_ERRORS",
+            "errors": [
+                {"category": "identifier", "bulk_index": 1, "reason": "custom_id refused"},
+                {"category": "attribute", "bulk_index": 7, "attribute": "x", "reason": "?"},
+            ],
+        },
     )
     outcomes = await adapter.apply([upsert("a", {"p": 1}), upsert("b", {"p": 1})])
     assert outcomes[0].kind is OutcomeKind.APPLIED

@@ -33,13 +33,6 @@ CUSTOM = ["plan", "signup", "home", "tags", "ltv"]
 TYPES = {"signup": "date", "home": "url"}
 
 
-@pytest.fixture
-def env(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SyncEnv]:
-    sync_env = SyncEnv(kafka_bootstrap, tmp_path, request.node.name[:30].replace("_", "-"))
-    yield sync_env
-    sync_env.close()
-
-
 @pytest.fixture(autouse=True)
 def batch_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     """The emulators' keys in the environment of every `stream-sync` subprocess."""
@@ -70,17 +63,17 @@ def batch_activation(
 ) -> dict[str, Any]:
     extra.setdefault("fields", FIELDS)
     extra.setdefault("custom", CUSTOM)
-    extra.setdefault(
-        "attribute_types", {k: v for k, v in TYPES.items() if k in extra["custom"]}
-    )
+    extra.setdefault("attribute_types", {k: v for k, v in TYPES.items() if k in extra["custom"]})
     return activation(id_, dest, mode, identifier="customer_id", **extra)
 
 
 def warnings_of(env: SyncEnv, count: int, what: str) -> list[dict[str, Any]]:
     records = wait_until(
-        lambda: (w := consume_all(env.bootstrap, env.topics["warnings"], timeout=5))
-        and len(w) >= count
-        and w,
+        lambda: (
+            (w := consume_all(env.bootstrap, env.topics["warnings"], timeout=5))
+            and len(w) >= count
+            and w
+        ),
         timeout=60,
         what=what,
     )
@@ -95,12 +88,24 @@ def test_upsert_native_and_custom_attributes_then_update_and_unset(
     env: SyncEnv, emu: BatchEmulator
 ) -> None:
     svc = env.start(env.write_config({"batch": batch_dest(emu)}, [batch_activation()]))
-    env.attrs("p1", {
-        "customer_id": " C-001 ", "email": "Ann@Example.COM", "phone": "+33 6 12 34 56 78",
-        "lang": "FR", "country": "fr", "tz": "europe/paris", "newsletter": True,
-        "sms_ok": "Unsubscribed", "plan": "pro", "signup": "2024-01-31T13:00:00+01:00",
-        "home": "https://shop.example/ann", "tags": ["vip", "eu"], "ltv": 120.5,
-    })
+    env.attrs(
+        "p1",
+        {
+            "customer_id": " C-001 ",
+            "email": "Ann@Example.COM",
+            "phone": "+33 6 12 34 56 78",
+            "lang": "FR",
+            "country": "fr",
+            "tz": "europe/paris",
+            "newsletter": True,
+            "sms_ok": "Unsubscribed",
+            "plan": "pro",
+            "signup": "2024-01-31T13:00:00+01:00",
+            "home": "https://shop.example/ann",
+            "tags": ["vip", "eu"],
+            "ltv": 120.5,
+        },
+    )
     env.attrs("p2", {"customer_id": "c-001", "plan": "free", "ltv": 3.0})  # another profile
     env.attrs("p3", {"customer_id": "", "plan": "free"})  # empty custom_id: not sent
     env.attrs("p4", {"customer_id": "x" * 1024, "plan": "free"})  # too long: not sent
@@ -112,11 +117,18 @@ def test_upsert_native_and_custom_attributes_then_update_and_unset(
     ann = emu.profile(" C-001 ")
     assert ann is not None
     assert ann.attributes == {
-        "$email_address": "Ann@example.com", "$phone_number": "+33612345678",
-        "$language": "fr", "$region": "FR", "$timezone": "Europe/Paris",
-        "$email_marketing": "subscribed", "$sms_marketing": "unsubscribed", "plan": "pro",
-        "signup": "2024-01-31T12:00:00Z", "home": "https://shop.example/ann",
-        "tags": ["vip", "eu"], "ltv": 120.5,
+        "$email_address": "Ann@example.com",
+        "$phone_number": "+33612345678",
+        "$language": "fr",
+        "$region": "FR",
+        "$timezone": "Europe/Paris",
+        "$email_marketing": "subscribed",
+        "$sms_marketing": "unsubscribed",
+        "plan": "pro",
+        "signup": "2024-01-31T12:00:00Z",
+        "home": "https://shop.example/ann",
+        "tags": ["vip", "eu"],
+        "ltv": 120.5,
     }
     assert ann.types == {"signup": "date", "home": "url"}
     other = emu.profile("c-001")  # case-sensitive: a profile of its own
@@ -129,7 +141,8 @@ def test_upsert_native_and_custom_attributes_then_update_and_unset(
     assert None not in by_id[" C-001 "].values()  # a first sync never clears
 
     unidentifiable = {
-        w["person_id"]: w for w in warnings_of(env, 2, "unidentifiable warnings")
+        w["person_id"]: w
+        for w in warnings_of(env, 2, "unidentifiable warnings")
         if w["kind"] == "unidentifiable"
     }
     assert unidentifiable["p3"]["reason"] == "identifier_empty"
@@ -145,8 +158,10 @@ def test_upsert_native_and_custom_attributes_then_update_and_unset(
     settle()
     (update,) = emu.calls("POST")
     assert update.body == [
-        {"identifiers": {"custom_id": " C-001 "},
-         "attributes": {"plan": "max", "signup": None, "tags": None}}
+        {
+            "identifiers": {"custom_id": " C-001 "},
+            "attributes": {"plan": "max", "signup": None, "tags": None},
+        }
     ]
     ann = emu.profile(" C-001 ")
     assert ann is not None
@@ -184,8 +199,16 @@ def test_rejected_attributes_warn_while_the_rest_lands(env: SyncEnv) -> None:
             env.write_config({"batch": batch_dest(picky)}, [batch_activation(max_wait_ms=500)]),
         )
         env.attrs("r1", {"customer_id": "r1", "email": "ann@blocked.example", "plan": "pro"})
-        env.attrs("r2", {"customer_id": "r2", "email": "bob@x.io", "plan": "p" * 301,
-                         "lang": "French", "ltv": 7})
+        env.attrs(
+            "r2",
+            {
+                "customer_id": "r2",
+                "email": "bob@x.io",
+                "plan": "p" * 301,
+                "lang": "French",
+                "ltv": 7,
+            },
+        )
         for i in range(5):
             env.attrs(f"ok{i}", {"customer_id": f"ok{i}", "email": f"ok{i}@x.io", "plan": "pro"})
         for pid in ["r1", "r2", *(f"ok{i}" for i in range(5))]:
@@ -247,8 +270,10 @@ def test_bad_credentials_stop_the_activation(env: SyncEnv, emu: BatchEmulator) -
         "batch-bad": {**batch_dest(emu), "rest_api_key": "not-the-key-0123456789"},
         "batch": batch_dest(emu),
     }
-    acts = [batch_activation("bad", "batch-bad", custom=["plan"]),
-            batch_activation("good", "batch", custom=["plan"])]
+    acts = [
+        batch_activation("bad", "batch-bad", custom=["plan"]),
+        batch_activation("good", "batch", custom=["plan"]),
+    ]
     svc = env.start(env.write_config(dests, acts))
     env.attrs("b1", {"customer_id": "b1", "plan": "pro"})
     env.enter("b1", "vip")
@@ -293,9 +318,17 @@ def test_dry_run_writes_operations_and_first_request_without_secrets(
     dest = batch_dest(emu, dry_run=True, dry_run_path=str(out))
     acts = [batch_activation(custom=[*CUSTOM, *(f"extra_{i}" for i in range(50))])]
     config = env.write_config({"batch": dest}, acts)
-    env.attrs("d1", {"customer_id": "D-1", "email": "D1@X.io", "plan": "pro",
-                     "signup": "2024-02-01", "home": "https://x.io/d1",
-                     **{f"extra_{i}": i for i in range(50)}})
+    env.attrs(
+        "d1",
+        {
+            "customer_id": "D-1",
+            "email": "D1@X.io",
+            "plan": "pro",
+            "signup": "2024-02-01",
+            "home": "https://x.io/d1",
+            **{f"extra_{i}": i for i in range(50)},
+        },
+    )
     env.attrs("d2", {"customer_id": "D-2", "lang": "en-GB"})
     env.enter("d1", "vip")
     env.enter("d2", "vip")

@@ -8,35 +8,22 @@ applied". The expected final state is computed here, independently, from the eve
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.fakes.test_destination import TestDestination
 from tests.harness import SyncEnv, activation, test_destination_config, wait_until
+from tests.model import CUSTOM, FIELDS, Model, describe_diff, random_events
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-FIELDS = {"first_name": "first_name", "city": "city"}
-CUSTOM = ["plan"]
 MAX_SIZE = 50
 
 
 @pytest.fixture
-def env(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SyncEnv]:
-    sync_env = SyncEnv(
-        kafka_bootstrap, tmp_path, request.node.name[:30].replace("_", "-"), partitions=3
-    )
-    yield sync_env
-    sync_env.close()
-
-
-@pytest.fixture
-def dest() -> Iterator[TestDestination]:
-    with TestDestination() as server:
-        yield server
+def sync_partitions() -> int:
+    return 3
 
 
 def mirror_config(env: SyncEnv, dest: TestDestination) -> tuple[Path, int]:
@@ -57,73 +44,6 @@ def mirror_config(env: SyncEnv, dest: TestDestination) -> tuple[Path, int]:
     )
 
 
-class Model:
-    """The expected source view, computed from the events as design §2 and §4 define."""
-
-    def __init__(self) -> None:
-        self.attrs: dict[str, dict[str, Any]] = {}
-        self.segments: dict[str, set[str]] = {}
-
-    def enter(self, env: SyncEnv, pid: str) -> None:
-        self.segments.setdefault(pid, set()).add("vip")
-        env.enter(pid, "vip")
-
-    def exit(self, env: SyncEnv, pid: str) -> None:
-        self.segments.setdefault(pid, set()).discard("vip")
-        env.exit(pid, "vip")
-
-    def set(self, env: SyncEnv, pid: str, values: dict[str, Any]) -> None:
-        attrs = self.attrs.setdefault(pid, {})
-        for name, value in values.items():
-            if value is None:
-                attrs.pop(name, None)
-            else:
-                attrs[name] = value
-        env.attrs(pid, values)
-
-    def expected(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for pid, segments in self.segments.items():
-            attrs = self.attrs.get(pid, {})
-            if "vip" in segments and attrs.get("email") is not None:
-                mapped = {dest: attrs[src] for src, dest in FIELDS.items() if src in attrs}
-                mapped.update({name: attrs[name] for name in CUSTOM if name in attrs})
-                out[attrs["email"]] = mapped
-        return out
-
-
-def describe_diff(actual: dict[str, Any], expected: dict[str, Any]) -> str:
-    missing = sorted(set(expected) - set(actual))
-    extra = sorted(set(actual) - set(expected))
-    differ = sorted(k for k in set(actual) & set(expected) if actual[k] != expected[k])
-    lines = [f"missing {len(missing)}, extra {len(extra)}, differing {len(differ)}"]
-    lines += [f"missing {k}: {expected[k]}" for k in missing[:5]]
-    lines += [f"extra {k}: {actual[k]}" for k in extra[:5]]
-    lines += [f"differ {k}: {actual[k]} != {expected[k]}" for k in differ[:5]]
-    return "\n".join(lines)
-
-
-def random_events(env: SyncEnv, model: Model, rng: random.Random, persons: int, count: int) -> None:
-    values = {
-        "first_name": lambda: rng.choice(["Ann", "Bob", "Cid", "Dee", None]),
-        "city": lambda: rng.choice(["Paris", "Lyon", "Nice", None]),
-        "plan": lambda: rng.choice(["free", "pro", "team"]),
-    }
-    for _ in range(count):
-        pid = f"p{rng.randrange(persons)}"
-        if pid not in model.attrs and rng.random() < 0.9:
-            model.set(env, pid, {"email": f"{pid}@x.io"})
-        if rng.random() < 0.3:
-            if "vip" in model.segments.get(pid, set()):
-                model.exit(env, pid)
-            else:
-                model.enter(env, pid)
-        else:
-            names = rng.sample(sorted(values), rng.randint(1, 3))
-            model.set(env, pid, {name: values[name]() for name in names})
-    env.flush()
-
-
 def test_sigkill_with_batches_in_flight_converges(env: SyncEnv, dest: TestDestination) -> None:
     rng = random.Random(7)
     model = Model()
@@ -131,7 +51,7 @@ def test_sigkill_with_batches_in_flight_converges(env: SyncEnv, dest: TestDestin
     svc = env.start(config)
     kills = 0
     for wave in range(6):
-        random_events(env, model, rng, persons=2000, count=3400)
+        random_events(env, model, rng, persons=2000, count=3400, email_rate=0.9)
         dest.hold()
         assert dest.wait_held(60), "no batch reached the destination"
         svc.kill()

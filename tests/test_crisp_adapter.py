@@ -93,9 +93,7 @@ def adapter_for(
 ) -> CrispAdapter:
     dest = destination(emu, **overrides)
     http = http_for("crisp", dest, daily_budget=budget, sleep=sleeps or Sleeps())
-    return CrispAdapter(
-        "crisp", dest, http, custom_attributes=custom_attributes, fields=fields
-    )
+    return CrispAdapter("crisp", dest, http, custom_attributes=custom_attributes, fields=fields)
 
 
 def op(
@@ -161,8 +159,12 @@ async def test_field_formatting(emu: CrispEmulator) -> None:
 async def test_new_person_is_created_then_its_data_set(emu: CrispEmulator) -> None:
     adapter = adapter_for(emu)
     [outcome] = await adapter.apply(
-        [op("Ann+x@example.com".lower(), {"person.phone": "+33 6", "company.name": "Acme",
-                                           "plan": "pro", "ltv": 12.5})]
+        [
+            op(
+                "Ann+x@example.com".lower(),
+                {"person.phone": "+33 6", "company.name": "Acme", "plan": "pro", "ltv": 12.5},
+            )
+        ]
     )
     assert outcome.kind is OutcomeKind.APPLIED
     assert routes(emu) == ["POST POST people/profile", "PATCH PATCH people/data"]
@@ -240,8 +242,11 @@ async def test_clears(emu: CrispEmulator) -> None:
     ann = emu.add_person(
         "ann@x.io",
         nickname="Ann",
-        profile={"person": {"phone": "1", "locales": ["fr"]}, "segments": ["a"],
-                 "company": {"name": "Acme"}},
+        profile={
+            "person": {"phone": "1", "locales": ["fr"]},
+            "segments": ["a"],
+            "company": {"name": "Acme"},
+        },
         data={"plan": "pro", "ltv": 3},
     )
     adapter = adapter_for(emu)
@@ -251,8 +256,14 @@ async def test_clears(emu: CrispEmulator) -> None:
                 "ann@x.io",
                 ref=ann.people_id,
                 full=False,
-                clears=("person.phone", "person.nickname", "segments", "person.locales",
-                        "company.name", "plan"),
+                clears=(
+                    "person.phone",
+                    "person.nickname",
+                    "segments",
+                    "person.locales",
+                    "company.name",
+                    "plan",
+                ),
             )
         ]
     )
@@ -273,19 +284,26 @@ async def test_clears(emu: CrispEmulator) -> None:
 async def test_identical_data_changes_share_one_batch_call(emu: CrispEmulator) -> None:
     people = [emu.add_person(f"u{i}@x.io") for i in range(5)]
     adapter = adapter_for(emu)
-    ops = [op(p.email, {"plan": "pro"}, ref=p.people_id, full=False, person_id=p.email)
-           for p in people[:4]]
+    ops = [
+        op(p.email, {"plan": "pro"}, ref=p.people_id, full=False, person_id=p.email)
+        for p in people[:4]
+    ]
     ops.append(op(people[4].email, {"plan": "free"}, ref=people[4].people_id, full=False))
     # a person known only by e-mail cannot be grouped (batch/data takes people_ids)
     emu.add_person("byemail@x.io")
     ops.append(op("byemail@x.io", {"plan": "pro"}, full=False))
     outcomes = await adapter.apply(ops)
     assert [o.kind for o in outcomes] == [OutcomeKind.APPLIED] * 6
-    assert sorted(routes(emu)) == ["PATCH PATCH batch/data", "PATCH PATCH people/data",
-                                   "PATCH PATCH people/data"]
+    assert sorted(routes(emu)) == [
+        "PATCH PATCH batch/data",
+        "PATCH PATCH people/data",
+        "PATCH PATCH people/data",
+    ]
     [bulk] = emu.calls(route="PATCH batch/data")
-    assert bulk.body == {"people": {"profiles": [p.people_id for p in people[:4]]},
-                         "data": {"plan": "pro"}}
+    assert bulk.body == {
+        "people": {"profiles": [p.people_id for p in people[:4]]},
+        "data": {"plan": "pro"},
+    }
     assert all(emu.people[p.people_id].data == {"plan": "pro"} for p in people[:4])
     assert emu.people[people[4].people_id].data == {"plan": "free"}
     await adapter.aclose()
@@ -294,8 +312,9 @@ async def test_identical_data_changes_share_one_batch_call(emu: CrispEmulator) -
 async def test_batch_data_with_a_profile_deleted_in_crisp(emu: CrispEmulator) -> None:
     people = [emu.add_person(f"u{i}@x.io") for i in range(3)]
     adapter = adapter_for(emu)
-    ops = [op(p.email, {"plan": "pro"}, ref=p.people_id, full=False, person_id=p.email)
-           for p in people]
+    ops = [
+        op(p.email, {"plan": "pro"}, ref=p.people_id, full=False, person_id=p.email) for p in people
+    ]
     ops.append(op("gone@x.io", {"plan": "pro"}, ref="0000-gone", full=False))
     outcomes = await adapter.apply(ops)
     assert [o.kind for o in outcomes[:3]] == [OutcomeKind.APPLIED] * 3
@@ -313,15 +332,22 @@ async def test_full_record_with_a_stale_people_id_is_recreated(emu: CrispEmulato
         [op("re@x.io", {"person.phone": "9", "plan": "pro"}, ref="stale-id")]
     )
     assert outcome.kind is OutcomeKind.APPLIED
-    assert routes(emu) == ["PATCH PATCH people/profile", "POST POST people/profile",
-                           "PATCH PATCH people/data"]
+    assert routes(emu) == [
+        "PATCH PATCH people/profile",
+        "POST POST people/profile",
+        "PATCH PATCH people/data",
+    ]
     person = emu.find("re@x.io")
     assert person is not None and outcome.ref == person.people_id
     # re-created elsewhere meanwhile: people_exists → update by e-mail, learn the new id
     emu.reset_log()
     [outcome] = await adapter.apply([op("re@x.io", {"plan": "max"}, ref="stale-again")])
-    assert routes(emu) == ["PATCH PATCH people/data", "POST POST people/profile",
-                           "PATCH PATCH people/data", "GET GET people/profile"]
+    assert routes(emu) == [
+        "PATCH PATCH people/data",
+        "POST POST people/profile",
+        "PATCH PATCH people/data",
+        "GET GET people/profile",
+    ]
     assert outcome.kind is OutcomeKind.APPLIED and outcome.ref == person.people_id
     await adapter.aclose()
 
@@ -351,7 +377,10 @@ async def test_per_person_refusal_is_rejected_rest_lands(emu: CrispEmulator) -> 
     ops.insert(1, op("bob@localhost", {"plan": "pro"}, person_id="bad"))  # Crisp wants a dot
     outcomes = await adapter.apply(ops)
     assert [o.kind for o in outcomes] == [
-        OutcomeKind.APPLIED, OutcomeKind.REJECTED, OutcomeKind.APPLIED, OutcomeKind.APPLIED
+        OutcomeKind.APPLIED,
+        OutcomeKind.REJECTED,
+        OutcomeKind.APPLIED,
+        OutcomeKind.APPLIED,
     ]
     assert outcomes[1].reason == "invalid_data"
     assert "email" in (outcomes[1].message or "")
@@ -371,7 +400,10 @@ async def test_update_only(emu: CrispEmulator) -> None:
         ]
     )
     assert [o.kind for o in outcomes] == [
-        OutcomeKind.IGNORED, OutcomeKind.APPLIED, OutcomeKind.IGNORED, OutcomeKind.IGNORED
+        OutcomeKind.IGNORED,
+        OutcomeKind.APPLIED,
+        OutcomeKind.IGNORED,
+        OutcomeKind.IGNORED,
     ]
     assert not emu.calls(method="POST")  # never creates
     assert len(emu.people) == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,13 +22,6 @@ pytestmark = pytest.mark.kafka
 
 FIELDS = {"first_name": "person.nickname", "phone": "person.phone", "company": "company.name"}
 CUSTOM = ["plan", "ltv", "tags"]
-
-
-@pytest.fixture
-def env(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SyncEnv]:
-    sync_env = SyncEnv(kafka_bootstrap, tmp_path, request.node.name[:30].replace("_", "-"))
-    yield sync_env
-    sync_env.close()
 
 
 @pytest.fixture
@@ -105,8 +97,18 @@ def test_upsert_mirror_update_only(env: SyncEnv) -> None:
         ]
         secrets = {**secrets_env(up, "UP"), **secrets_env(mir, "MIR"), **secrets_env(upd, "UPD")}
         svc = env.start(env.write_config(dests, acts), env=secrets)
-        env.attrs("p1", {"email": " Ann@X.io", "first_name": "Ann", "phone": "+33 1",
-                         "company": "Acme", "plan": "pro", "ltv": 12.5, "tags": ["a", "b"]})
+        env.attrs(
+            "p1",
+            {
+                "email": " Ann@X.io",
+                "first_name": "Ann",
+                "phone": "+33 1",
+                "company": "Acme",
+                "plan": "pro",
+                "ltv": 12.5,
+                "tags": ["a", "b"],
+            },
+        )
         env.attrs("p2", {"email": "known@x.io", "plan": "pro"})
         env.enter("p1", "vip")
         env.enter("p2", "vip")
@@ -114,28 +116,35 @@ def test_upsert_mirror_update_only(env: SyncEnv) -> None:
 
         # upsert and mirror: two persons created (POST) with their people data (PATCH data)
         for emu in (up, mir):
-            wait_until(lambda emu=emu: len(emu.people) == 2
-                       and all(p.data for p in emu.people.values()), what="created")
+            wait_until(
+                lambda emu=emu: len(emu.people) == 2 and all(p.data for p in emu.people.values()),
+                what="created",
+            )
             ann = emu.find("ann@x.io")
             assert ann is not None
-            assert ann.profile == {"person": {"nickname": "Ann", "phone": "+33 1"},
-                                   "company": {"name": "Acme"}}
+            assert ann.profile == {
+                "person": {"nickname": "Ann", "phone": "+33 1"},
+                "company": {"name": "Acme"},
+            }
             assert ann.data == {"plan": "pro", "ltv": 12.5}  # the list `tags` is not sent
             kn = emu.find("known@x.io")
             assert kn is not None and kn.profile["person"]["nickname"] == "known"
         # update_only: the unknown person is ignored (one call), the known one updated
         wait_until(lambda: upd.people[known.people_id].data == {"plan": "pro"}, what="update")
         wait_until(
-            lambda: 'stream_sync_operations_total{activation="upd",kind="create",'
-            'outcome="ignored"} 1.0' in svc.metrics(),
+            lambda: (
+                'stream_sync_operations_total{activation="upd",kind="create",'
+                'outcome="ignored"} 1.0' in svc.metrics()
+            ),
             what="ignored metric",
         )
         settle()
         assert upd.find("ann@x.io") is None and len(upd.people) == 1
         assert not upd.calls(method="POST")
         for emu in (up, mir):
-            assert sorted(routes(emu)) == sorted(["POST people/profile"] * 2
-                                                 + ["PATCH people/data"] * 2)
+            assert sorted(routes(emu)) == sorted(
+                ["POST people/profile"] * 2 + ["PATCH people/data"] * 2
+            )
         # the list attribute → one attribute warning per activation, naming the attribute
         found = wait_until(
             lambda: [w for w in warnings_of(env) if w["kind"] == "attribute_rejected"],
@@ -152,9 +161,13 @@ def test_upsert_mirror_update_only(env: SyncEnv) -> None:
         env.attrs("p2", {"plan": "max", "phone": "+33 2"})
         env.flush()
         for emu in (up, mir):
-            wait_until(lambda emu=emu: emu.find("ann@x.io").data["plan"] == "max"
-                       and emu.find("known@x.io").profile["person"].get("phone") == "+33 2",
-                       what="updates")
+            wait_until(
+                lambda emu=emu: (
+                    emu.find("ann@x.io").data["plan"] == "max"
+                    and emu.find("known@x.io").profile["person"].get("phone") == "+33 2"
+                ),
+                what="updates",
+            )
         wait_until(lambda: upd.people[known.people_id].data["plan"] == "max", what="upd update")
         settle()
         for emu in (up, mir):
@@ -179,8 +192,9 @@ def test_upsert_mirror_update_only(env: SyncEnv) -> None:
         env.attrs("p1", unset=["phone"])
         env.flush()
         for emu in (up, mir):
-            wait_until(lambda emu=emu: emu.find("ann@x.io").profile["person"]["phone"] == "",
-                       what="clear")
+            wait_until(
+                lambda emu=emu: emu.find("ann@x.io").profile["person"]["phone"] == "", what="clear"
+            )
         wait_until(lambda: upd.requests, what="update_only retry of the ignored person")
         settle()
         assert up.requests[0].body == {"person": {"phone": ""}}
@@ -200,8 +214,10 @@ def test_upsert_mirror_update_only(env: SyncEnv) -> None:
         # re-ENTER after the mirror delete: created again with the full record
         env.enter("p1", "vip")
         env.flush()
-        wait_until(lambda: mir.find("ann@x.io") is not None and mir.find("ann@x.io").data,
-                   what="re-created")
+        wait_until(
+            lambda: mir.find("ann@x.io") is not None and mir.find("ann@x.io").data,
+            what="re-created",
+        )
         ann = mir.find("ann@x.io")
         assert ann is not None and ann.data == {"plan": "max", "ltv": 12.5}
         assert svc.terminate() == 0
@@ -210,16 +226,17 @@ def test_upsert_mirror_update_only(env: SyncEnv) -> None:
 
 def test_rejected_person_goes_to_warnings_rest_lands(env: SyncEnv, crisp: CrispEmulator) -> None:
     acts = [crisp_activation("up", "crisp", max_wait_ms=500)]
-    svc = env.start(env.write_config({"crisp": crisp_config(crisp)}, acts),
-                    env=secrets_env(crisp))
+    svc = env.start(env.write_config({"crisp": crisp_config(crisp)}, acts), env=secrets_env(crisp))
     people = {f"ok{i}": f"ok{i}@x.io" for i in range(5)}
     people["bad"] = "bad@localhost"  # accepted as an e-mail by us, refused by Crisp
     for pid, email in people.items():
         env.attrs(pid, {"email": email, "plan": "pro"})
         env.enter(pid, "vip")
     env.flush()
-    wait_until(lambda: len(crisp.people) == 5 and all(p.data for p in crisp.people.values()),
-               what="5 good persons")
+    wait_until(
+        lambda: len(crisp.people) == 5 and all(p.data for p in crisp.people.values()),
+        what="5 good persons",
+    )
     found = wait_until(
         lambda: [w for w in warnings_of(env) if w["kind"] == "rejected"], what="rejection"
     )
@@ -231,8 +248,7 @@ def test_rejected_person_goes_to_warnings_rest_lands(env: SyncEnv, crisp: CrispE
     # a rejected person is not resent on restart (remembered with the refused values)
     assert svc.terminate() == 0
     before = len(crisp.requests)
-    svc2 = env.start(env.write_config({"crisp": crisp_config(crisp)}, acts),
-                     env=secrets_env(crisp))
+    svc2 = env.start(env.write_config({"crisp": crisp_config(crisp)}, acts), env=secrets_env(crisp))
     settle(2)
     assert len(crisp.requests) == before
     assert svc2.terminate() == 0
@@ -242,15 +258,18 @@ def test_throttling_is_retried_nothing_lost(env: SyncEnv, crisp: CrispEmulator) 
     crisp.throttle(3, 429)
     crisp.throttle(3, 420)
     acts = [crisp_activation("up", "crisp")]
-    svc = env.start(env.write_config({"crisp": crisp_config(crisp)}, acts),
-                    env=secrets_env(crisp))
+    svc = env.start(env.write_config({"crisp": crisp_config(crisp)}, acts), env=secrets_env(crisp))
     for i in range(10):
         env.attrs(f"t{i}", {"email": f"t{i}@x.io", "plan": "pro", "first_name": f"T{i}"})
         env.enter(f"t{i}", "vip")
     env.flush()
-    wait_until(lambda: len(crisp.people) == 10
-               and all(p.data == {"plan": "pro"} for p in crisp.people.values()),
-               what="10 persons despite throttling")
+    wait_until(
+        lambda: (
+            len(crisp.people) == 10
+            and all(p.data == {"plan": "pro"} for p in crisp.people.values())
+        ),
+        what="10 persons despite throttling",
+    )
     faults = [r.status for r in crisp.requests if r.route == "fault"]
     assert sorted(faults) == [420] * 3 + [429] * 3
     metrics = svc.metrics()
@@ -327,8 +346,9 @@ def test_daily_budget_pauses_the_activation(env: SyncEnv, crisp: CrispEmulator) 
     assert len(crisp.requests) == 3  # stopped exactly at requests_per_day
     assert all(r.status < 400 for r in crisp.requests)
     logs = svc.logs()
-    quota_line = next(json.loads(line) for line in logs.splitlines()
-                      if "daily_quota_exhausted" in line)
+    quota_line = next(
+        json.loads(line) for line in logs.splitlines() if "daily_quota_exhausted" in line
+    )
     assert quota_line["per_day"] == 3 and 0 < quota_line["resume_in_s"] <= 86_401
     assert svc.terminate(60) == 0
     assert "daily_quota_exhausted" in svc.logs()

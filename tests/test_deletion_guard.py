@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +14,6 @@ from tests.harness import SyncEnv, activation, test_destination_config, wait_unt
 pytestmark = pytest.mark.kafka
 
 MEMBERS = 20
-
-
-@pytest.fixture
-def env(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SyncEnv]:
-    sync_env = SyncEnv(kafka_bootstrap, tmp_path, request.node.name[:30].replace("_", "-"))
-    yield sync_env
-    sync_env.close()
-
-
-@pytest.fixture
-def dest() -> Iterator[TestDestination]:
-    with TestDestination() as server:
-        yield server
 
 
 def config(env: SyncEnv, dest: TestDestination, guard: Any) -> tuple[Path, int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +30,6 @@ LINE_KEYS = {
     "clears",
     "request",
 }
-
-
-@pytest.fixture
-def env(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SyncEnv]:
-    sync_env = SyncEnv(kafka_bootstrap, tmp_path, request.node.name[:30].replace("_", "-"))
-    yield sync_env
-    sync_env.close()
-
-
-@pytest.fixture
-def dest() -> Iterator[TestDestination]:
-    with TestDestination() as server:
-        yield server
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:

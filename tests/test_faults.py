@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,11 +28,10 @@ from tests.harness import (
     wait_until,
 )
 from tests.kafka_helpers import committed_offsets, consume_all, end_offsets
+from tests.model import CUSTOM, FIELDS, Model, describe_diff, random_events
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-FIELDS = {"first_name": "first_name", "city": "city"}
-CUSTOM = ["plan"]
 # Short backoff ceiling: with the default (60 s) a few consecutive failures could make one
 # retry wait close to a minute, which only slows the suite down; the policy is the same.
 FAST_RETRY = {"max_backoff_s": 1.0}
@@ -43,18 +41,8 @@ FAST_RETRY = {"max_backoff_s": 1.0}
 
 
 @pytest.fixture
-def env(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SyncEnv]:
-    sync_env = SyncEnv(
-        kafka_bootstrap, tmp_path, request.node.name[:30].replace("_", "-"), partitions=3
-    )
-    yield sync_env
-    sync_env.close()
-
-
-@pytest.fixture
-def dest() -> Iterator[TestDestination]:
-    with TestDestination() as server:
-        yield server
+def sync_partitions() -> int:
+    return 3
 
 
 @pytest.fixture
@@ -65,76 +53,6 @@ def other_dest() -> Iterator[TestDestination]:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class Model:
-    """The expected source view, computed from the events as design §2 and §4 define."""
-
-    def __init__(self) -> None:
-        self.attrs: dict[str, dict[str, Any]] = {}
-        self.segments: dict[str, set[str]] = {}
-
-    def enter(self, env: SyncEnv, pid: str) -> None:
-        self.segments.setdefault(pid, set()).add("vip")
-        env.enter(pid, "vip")
-
-    def exit(self, env: SyncEnv, pid: str) -> None:
-        self.segments.setdefault(pid, set()).discard("vip")
-        env.exit(pid, "vip")
-
-    def set(self, env: SyncEnv, pid: str, values: dict[str, Any]) -> None:
-        attrs = self.attrs.setdefault(pid, {})
-        for name, value in values.items():
-            if value is None:
-                attrs.pop(name, None)
-            else:
-                attrs[name] = value
-        env.attrs(pid, values)
-
-    def expected(self) -> dict[str, dict[str, Any]]:
-        """What a mirror activation must leave in the destination: identifier → fields."""
-        out: dict[str, dict[str, Any]] = {}
-        for pid, segments in self.segments.items():
-            attrs = self.attrs.get(pid, {})
-            if "vip" in segments and attrs.get("email") is not None:
-                mapped = {dest: attrs[src] for src, dest in FIELDS.items() if src in attrs}
-                mapped.update({name: attrs[name] for name in CUSTOM if name in attrs})
-                out[attrs["email"]] = mapped
-        return out
-
-
-def random_events(
-    env: SyncEnv, model: Model, rng: random.Random, persons: int, count: int, prefix: str = "p"
-) -> None:
-    values: dict[str, Callable[[], Any]] = {
-        "first_name": lambda: rng.choice(["Ann", "Bob", "Cid", "Dee", None]),
-        "city": lambda: rng.choice(["Paris", "Lyon", "Nice", None]),
-        "plan": lambda: rng.choice(["free", "pro", "team"]),
-    }
-    for _ in range(count):
-        pid = f"{prefix}{rng.randrange(persons)}"
-        if pid not in model.attrs:
-            model.set(env, pid, {"email": f"{pid}@x.io"})
-        if rng.random() < 0.3:
-            if "vip" in model.segments.get(pid, set()):
-                model.exit(env, pid)
-            else:
-                model.enter(env, pid)
-        else:
-            names = rng.sample(sorted(values), rng.randint(1, 3))
-            model.set(env, pid, {name: values[name]() for name in names})
-    env.flush()
-
-
-def describe_diff(actual: dict[str, Any], expected: dict[str, Any]) -> str:
-    missing = sorted(set(expected) - set(actual))
-    extra = sorted(set(actual) - set(expected))
-    differ = sorted(k for k in set(actual) & set(expected) if actual[k] != expected[k])
-    lines = [f"missing {len(missing)}, extra {len(extra)}, differing {len(differ)}"]
-    lines += [f"missing {k}: {expected[k]}" for k in missing[:5]]
-    lines += [f"extra {k}: {actual[k]}" for k in extra[:5]]
-    lines += [f"differ {k}: {actual[k]} != {expected[k]}" for k in differ[:5]]
-    return "\n".join(lines)
 
 
 def wait_converged(

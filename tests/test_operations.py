@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -23,13 +22,6 @@ from tests.harness import (
     wait_until,
 )
 from tests.kafka_helpers import consume_all
-
-
-@pytest.fixture
-def env(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SyncEnv]:
-    sync_env = SyncEnv(kafka_bootstrap, tmp_path, request.node.name[:30].replace("_", "-"))
-    yield sync_env
-    sync_env.close()
 
 
 def metric(text: str, name: str, **labels: str) -> float:

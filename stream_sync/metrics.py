@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import sys
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ...
+ProcessCollector(registry=REGISTRY)
+
+PYTHON_ALLOCATED_BLOCKS = Gauge(
+    "stream_sync_python_allocated_blocks",
+    "Memory blocks held by the Python allocator (sys.getallocatedblocks): flat while RSS "
+    "grows points at native memory (librdkafka, malloc), growing at Python objects",
+    registry=REGISTRY,
+)
+PYTHON_ALLOCATED_BLOCKS.set_function(sys.getallocatedblocks)
 
 EVENTS_CONSUMED = Counter(
     "stream_sync_events_consumed_total",

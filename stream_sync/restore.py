@@ -64,6 +64,10 @@ def restore_partitions(
         if to_read:
             consumer.assign(to_read)
         remaining = set(ends)
+        # equal strings of the restored records become one object (a person's identifier in
+        # its person and sync records, low-cardinality values across persons); the pool lives
+        # for this restore only
+        pool: dict[str, str] = {}
         deadline = time.monotonic() + timeout_s
         while remaining:
             if time.monotonic() > deadline:
@@ -77,7 +81,7 @@ def restore_partitions(
                 part: int = msg.partition()  # type: ignore[assignment]
                 if part not in remaining:
                     continue
-                _apply(result[part], msg.key(), msg.value())
+                _apply(result[part], msg.key(), msg.value(), pool)
                 offset: int = msg.offset()  # type: ignore[assignment]
                 if offset + 1 >= ends[part]:
                     remaining.discard(part)
@@ -94,7 +98,9 @@ def restore_partitions(
     return result
 
 
-def _apply(state: PartitionState, key: bytes | None, value: bytes | None) -> None:
+def _apply(
+    state: PartitionState, key: bytes | None, value: bytes | None, pool: dict[str, str]
+) -> None:
     if key is None:
         return
     state.records += 1
@@ -109,7 +115,7 @@ def _apply(state: PartitionState, key: bytes | None, value: bytes | None) -> Non
             return
         if person is None:
             person = state.persons[pid] = Person(state.partition)
-        decode_person_into(person, value)
+        decode_person_into(person, value, pool)
     elif kind == b"sync":
         activation, _, pid_bytes = rest.partition(b"/")
         pid = pid_bytes.decode()
@@ -121,7 +127,7 @@ def _apply(state: PartitionState, key: bytes | None, value: bytes | None) -> Non
             return
         if person is None:
             person = state.persons[pid] = Person(state.partition)
-        person.sync[act] = decode_sync(value)
+        person.sync[act] = decode_sync(value, pool)
     elif kind == b"intent":
         if value is None:
             state.intents.pop(key, None)

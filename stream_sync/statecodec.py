@@ -228,6 +228,7 @@ def _write_values(buf: bytearray, values: Mapping[str, Value]) -> None:
     else:
         _write_long(buf, n)
     get = _ENCODED.get
+    encoded_value = _ENCODED_VALUES.get
     string_head = _STRING_HEAD
     small_long = _SMALL_LONG
     pack_double = _pack_tagged_double
@@ -238,10 +239,17 @@ def _write_values(buf: bytearray, values: Mapping[str, Value]) -> None:
         buf += encoded
         kind = type(value)
         if kind is str:
+            cached = encoded_value(value)  # type: ignore[arg-type]
+            if cached is not None:
+                buf += cached
+                continue
             raw = value.encode()  # type: ignore[union-attr]
             size = len(raw)
             if size < 64:
-                buf += string_head[size]
+                head = string_head[size]
+                if size <= _VALUE_CACHE_MAX_BYTES and len(_ENCODED_VALUES) < _CACHE_LIMIT:
+                    _ENCODED_VALUES[value] = head + raw  # type: ignore[index]
+                buf += head
             else:
                 buf.append(_STRING)
                 _write_long(buf, size)
@@ -294,6 +302,11 @@ class _EncodedSegments(dict[frozenset[str], bytes]):
 
 # entries of the whole-array caches (segment-id combinations, intent field lists)
 _ARRAY_CACHE_LIMIT: Final = 4096
+#: short string value -> its encoding as a branch of the value union (index, length, UTF-8):
+#: attributes such as country, plan or city take a few values over all persons, and a person
+#: record is encoded again for every change of any of its attributes
+_ENCODED_VALUES: Final[dict[str, bytes]] = {}
+_VALUE_CACHE_MAX_BYTES: Final = 24
 _ENCODED_SEGMENTS: Final = _EncodedSegments()
 
 
@@ -626,8 +639,11 @@ def _read_value(data: bytes, pos: int) -> tuple[Value, int]:
     raise ValueError("a union index is out of range")
 
 
-def _read_values(data: bytes, pos: int) -> tuple[dict[str, Value], int]:
-    """A ``map<Value>``, keys interned through the name cache."""
+def _read_values(
+    data: bytes, pos: int, pool: dict[str, str] | None = None
+) -> tuple[dict[str, Value], int]:
+    """A ``map<Value>``, keys interned through the name cache; string values through
+    ``pool`` when given (equal strings of many records become one object)."""
     values: dict[str, Value] = {}
     names = _NAMES
     short = _SHORT
@@ -659,9 +675,10 @@ def _read_values(data: bytes, pos: int) -> tuple[dict[str, Value], int]:
                 if length >= 0:
                     start = pos + 2
                     pos = start + length
-                    values[name] = data[start:pos].decode()
+                    text = data[start:pos].decode()
                 else:
-                    values[name], pos = _read_str(data, pos + 1)
+                    text, pos = _read_str(data, pos + 1)
+                values[name] = text if pool is None else pool.setdefault(text, text)
             elif branch == 4:
                 byte = data[pos + 1]
                 if byte < 0x80:
@@ -738,25 +755,33 @@ class _SegmentSets(dict[bytes, frozenset[str]]):
 _SEGMENT_SETS: Final = _SegmentSets()
 
 
-def decode_person(data: bytes) -> tuple[dict[str, Value], frozenset[str]]:
+def decode_person(
+    data: bytes, pool: dict[str, str] | None = None
+) -> tuple[dict[str, Value], frozenset[str]]:
     """A ``PersonState`` record (with the version byte) -> (attrs, segments). ``segments`` is
-    a frozenset shared by the records of the same segments (immutable: safe to keep)."""
+    a frozenset shared by the records of the same segments (immutable: safe to keep). String
+    values go through ``pool`` when given (see :func:`decode_sync`)."""
     if type(data) is not bytes:
         data = bytes(data)
     try:
         if data[0] != 1:
             raise _version_error(data)
-        attrs, pos = _read_values(data, 1)
+        attrs, pos = _read_values(data, 1, pool)
         return attrs, _SEGMENT_SETS[data[pos:]]
     except (IndexError, struct.error):
         raise _Truncated("truncated person record") from None
 
 
 def decode_sync(
-    data: bytes,
+    data: bytes, pool: dict[str, str] | None = None
 ) -> tuple[str, str | None, str | None, dict[str, Value], str | None]:
     """A ``SyncState`` record (with the version byte) ->
-    (status, identifier, ref, values, resync); ``status`` a ``SyncStatus`` symbol."""
+    (status, identifier, ref, values, resync); ``status`` a ``SyncStatus`` symbol.
+
+    ``pool`` (a restore passes one, for its duration) makes equal strings one object: a
+    person's identifier and values restored from its person record and from each of its sync
+    records, and the few distinct values of low-cardinality attributes (country, plan, ...)
+    across persons. Memory per tracked person."""
     if type(data) is not bytes:
         data = bytes(data)
     try:
@@ -773,13 +798,15 @@ def decode_sync(
         resync: str | None = None
         if data[pos]:
             identifier, pos = _read_optional_str(data, pos)
+            if pool is not None and identifier is not None:
+                identifier = pool.setdefault(identifier, identifier)
         else:
             pos += 1
         if data[pos]:
             ref, pos = _read_optional_str(data, pos)
         else:
             pos += 1
-        values, pos = _read_values(data, pos)
+        values, pos = _read_values(data, pos, pool)
         if data[pos]:
             resync, pos = _read_optional_str(data, pos)
         else:

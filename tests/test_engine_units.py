@@ -184,3 +184,33 @@ def test_retry_after_seconds_and_http_date() -> None:
     date = (now + timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert parse_retry_after(date, now) == 30.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_sync_record_values_are_compact_and_copied_out() -> None:
+    from stream_sync.state import SyncRecord, SyncStatus
+
+    a = SyncRecord(SyncStatus.SYNCED, {"city": "Paris", "plan": "pro"}, "a@x.io")
+    b = SyncRecord(SyncStatus.SYNCED, {"city": "Lyon", "plan": "free"}, "b@x.io")
+    assert a.values == {"city": "Paris", "plan": "pro"}
+    assert a._names is b._names  # one shared tuple of field names
+    assert type(a._vals) is tuple
+    view = a.values
+    view["city"] = "Lyon"  # a copy: the record is unchanged
+    assert a.values["city"] == "Paris"
+    a.values = {"plan": "team"}
+    assert a.values == {"plan": "team"} and a.get("plan") == "team" and a.get("city") is None
+    assert dict(a.items()) == {"plan": "team"}
+    assert a == SyncRecord(SyncStatus.SYNCED, {"plan": "team"}, "a@x.io")
+    assert a != SyncRecord(SyncStatus.SYNCED, {"plan": "pro"}, "a@x.io")
+
+
+def test_sync_record_share_points_equal_values_at_the_source_objects() -> None:
+    from stream_sync.state import SyncRecord, SyncStatus
+
+    source = {"city": "".join(["Par", "is"]), "ltv": 12.5, "orders": 3}
+    rec = SyncRecord(SyncStatus.SYNCED, {"city": "Paris", "ltv": 12.5, "orders": 3.0})
+    assert rec.values["city"] is not source["city"]
+    rec.share(source)
+    assert rec.values["city"] is source["city"]
+    assert rec.values["ltv"] is source["ltv"]
+    assert type(rec.values["orders"]) is float  # 3.0 and 3 are equal but not the same value

@@ -689,3 +689,39 @@ def test_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         segments = frozenset({f"bounded-segment-{i}"})
         assert decode_person(encode_person(attrs, segments)) == (attrs, segments)
     assert len(names) <= before + 2
+
+
+def test_value_encoding_cache_is_bounded_and_changes_no_byte(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = statecodec._ENCODED_VALUES
+    monkeypatch.setattr(statecodec, "_CACHE_LIMIT", len(cache) + 3)
+    before = len(cache)
+    for i in range(10):
+        attrs: dict[str, Any] = {"city": f"city-{i}", "long": "x" * 40 + str(i)}
+        first = encode_person(attrs, frozenset())
+        again = encode_person(attrs, frozenset())  # from the cache when the value was cached
+        assert first == again == fa_person(attrs, [])
+        assert decode_person(first) == (attrs, frozenset())
+    assert len(cache) <= before + 3
+    assert all(len(k.encode()) <= statecodec._VALUE_CACHE_MAX_BYTES for k in cache)
+
+
+def test_pool_makes_equal_strings_one_object() -> None:
+    email = "someone.with.a.long.address@example.com"
+    attrs: dict[str, Any] = {"email": "".join(email), "city": "Lisbon-" + "x" * 30}
+    person = encode_person(attrs, frozenset({"vip"}))
+    sync = encode_sync("SYNCED", email, "ref-1", {"email": email, "town": attrs["city"]}, None)
+
+    pool: dict[str, str] = {}
+    restored, _ = decode_person(person, pool)
+    _, identifier, ref, values, _ = decode_sync(sync, pool)
+    assert identifier is restored["email"] and values["email"] is restored["email"]
+    assert values["town"] is restored["city"]
+    assert ref == "ref-1"
+
+    # without a pool each record decodes its own strings
+    alone, _ = decode_person(person)
+    _, identifier2, _, values2, _ = decode_sync(sync)
+    assert identifier2 == alone["email"] and identifier2 is not alone["email"]
+    assert values2["town"] is not alone["city"]

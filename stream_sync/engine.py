@@ -163,9 +163,12 @@ class ActivationWorker:
             return
         if self.held_deletes:
             self.held_deletes.discard(person_id)
-        if person_id not in self.dirty:
-            self.dirty[person_id] = time.monotonic()
-            if len(self.dirty) >= self.max_size or len(self.dirty) == 1:
+        dirty = self.dirty
+        if person_id not in dirty:
+            dirty[person_id] = time.monotonic()
+            # wake the lanes when work appears and when a full batch is ready (not again for
+            # every further person: a backlog scan marks 100,000s)
+            if len(dirty) == 1 or len(dirty) % self.max_size == 0:
                 self.mark_wake()
 
     def publish_gauges(self) -> None:
@@ -198,6 +201,7 @@ class ActivationWorker:
         token = self.store.resync.get(self.id)
         persons = self.store.persons
         segment = self.plan.segment
+        identifier_attr = self.plan.identifier_attr
         act = self.id
         for pid in person_ids:
             person = persons.get(pid)
@@ -207,8 +211,14 @@ class ActivationWorker:
             if sync is not None:
                 if sync.status is SyncStatus.SYNCED:
                     self.synced_count += 1
-                _share_values(sync, person.attrs, self._sources, self.plan.identifier_attr)
+                _share_values(sync, person.attrs, self._sources, identifier_attr)
             elif segment not in person.segments:
+                continue
+            elif person.attrs.get(identifier_attr) is not None:
+                self.mark(pid)  # a member never synced: always owes its full record
+                continue
+            else:
+                self.pending_identifier.add(pid)
                 continue
             decision = reconcile(self.plan, pid, person, token)
             if decision.kind in (DecisionKind.SEND, DecisionKind.RECORD):
@@ -587,7 +597,7 @@ class Engine:
                 if not person.attrs and person.forgettable():  # e.g. an unset, person unknown
                     store.forget_if_empty(pid)
                 return
-            self.writer.person_changed(partition, pid, person)
+            self.writer.pending_persons[pid] = person  # StateWriter.person_changed, inlined
             if partition in store.ready:
                 index = self._attr_index
                 marked: set[int] = set()
@@ -605,7 +615,7 @@ class Engine:
                 if person.forgettable():  # a no-op EXIT of a person unknown until now
                     store.forget_if_empty(pid)
                 return
-            self.writer.person_changed(partition, pid, person)
+            self.writer.pending_persons[pid] = person
             if partition in store.ready:
                 for w in self.by_segment.get(event.segment_id, ()):  # type: ignore[union-attr]
                     w.mark(pid)

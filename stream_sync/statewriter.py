@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import structlog
 
-from stream_sync import metrics
+from stream_sync import metrics, statecodec
 from stream_sync.state import (
     BatchIntent,
     Person,
@@ -18,10 +18,8 @@ from stream_sync.state import (
     control_key,
     encode_control,
     encode_intent,
-    encode_person,
     encode_sync,
     intent_key,
-    person_key,
     sync_key,
 )
 
@@ -102,12 +100,24 @@ class StateWriter(_Producing):
         wanted = None if partitions is None else set(partitions)
         produced = 0
         keep: dict[str, Person] = {}
+        # the hot path of a commit (once per changed person): positional produce() without a
+        # wrapper call (about 0.5 µs less per record than keyword arguments)
+        topic = self.topic
+        produce = self.producer.produce
+        on_delivery = self._on_delivery
+        encode = statecodec.encode_person
         for pid, person in self.pending_persons.items():
-            if wanted is not None and person.partition not in wanted:
+            partition = person.partition
+            if wanted is not None and partition not in wanted:
                 keep[pid] = person
                 continue
-            value = None if person.is_empty() else encode_person(person)
-            self.produce(self.topic, person_key(pid), value, person.partition)
+            attrs, segments = person.attrs, person.segments
+            value = encode(attrs, segments) if attrs or segments else None
+            key = b"person/" + pid.encode()
+            try:
+                produce(topic, value, key, partition, on_delivery)
+            except BufferError:
+                self.produce(topic, key, value, partition)  # waits for room
             produced += 1
         self.pending_persons = keep
         _PERSON_WRITES.inc(produced)
@@ -124,7 +134,11 @@ class StateWriter(_Producing):
         self, partition: int, activation: str, person_id: str, record: SyncRecord | None
     ) -> None:
         value = None if record is None else encode_sync(record)
-        self.produce(self.topic, sync_key(activation, person_id), value, partition)
+        key = sync_key(activation, person_id)
+        try:  # positional, without the wrapper: once per operation
+            self.producer.produce(self.topic, value, key, partition, self._on_delivery)
+        except BufferError:
+            self.produce(self.topic, key, value, partition)  # waits for room
         _SYNC_WRITES.inc()
 
     def write_intent(

@@ -171,6 +171,7 @@ def test_minimal_config_gets_all_defaults() -> None:
     kafka = config.kafka
     assert (kafka.group_id, kafka.client, kafka.schema_registry_url) == ("stream-sync", {}, None)
     assert (kafka.commit_interval_ms, kafka.startup_timeout_s) == (1000, 60)
+    assert kafka.catch_up_commit_interval_ms == 10_000
     topics = config.topics
     assert (topics.memberships, topics.attributes, topics.state, topics.warnings) == (
         "segment-memberships",

@@ -294,3 +294,48 @@ def test_plain_http_refused_for_remote_hosts(tmp_path: Path) -> None:
         )
     )
     assert load_config(path).destinations["d"].base_url == "http://api.example.com"
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("catch_up_ms", [60_000, 1])
+def test_backlog_person_records_coalesced_while_catching_up(
+    env: SyncEnv, catch_up_ms: int
+) -> None:
+    """A backlog (200 persons x 10 changes, pre-loaded) is caught up before anything is
+    reconciled: with the catch-up commit interval each person record is written once, even
+    with a 1 ms commit interval; with both at 1 ms it is written again at every commit."""
+    persons = 200
+    for i in range(persons):
+        env.attrs(f"p{i}", {"email": f"p{i}@x.io"})
+        env.enter(f"p{i}", "vip")
+    for round_ in range(10):
+        for i in range(persons):
+            env.attrs(f"p{i}", {"plan": f"plan-{round_}"})
+    env.flush()
+    with TestDestination() as dest:
+        kafka = {
+            "bootstrap_servers": env.bootstrap,
+            "group_id": env.group,
+            "commit_interval_ms": 1,
+            "catch_up_commit_interval_ms": catch_up_ms,
+        }
+        config = env.write_config(
+            {"d": test_destination_config(dest.url("d"))},
+            [activation("up", "d", "upsert", max_wait_ms=100)],
+            extra={"kafka": kafka},
+        )
+        svc = env.start(config)
+        wait_until(lambda: len(dest.records("d")) == persons, 60, what="all synced")
+        assert all(r["plan"] == "plan-9" for r in dest.records("d").values())
+        wait_until(
+            lambda: metric(svc.metrics(), "stream_sync_events_consumed_total") >= persons * 12,
+            30,
+            what="all events consumed",
+        )
+        time.sleep(0.5)  # the commit after catch-up (1 ms interval) has written the records
+        writes = metric(svc.metrics(), "stream_sync_state_writes_total", kind="person")
+        if catch_up_ms > 1:
+            assert writes == persons
+        else:
+            assert writes > persons
+        assert svc.terminate() == 0

@@ -43,6 +43,12 @@ class KafkaSettings(ConfigModel):
     Credential-like values are `SecretStr`; `client_config()` reveals them for librdkafka."""
     schema_registry_url: str | None = None
     commit_interval_ms: PositiveInt = 1000
+    catch_up_commit_interval_ms: PositiveInt = 10_000
+    """Commit interval while assigned partitions catch up (after a start, a rebalance or a
+    replay nothing is reconciled until the end offsets seen at assignment are reached, so
+    nothing waits for these commits): a backlog's person records are coalesced over this
+    longer window instead of being written again every ``commit_interval_ms``. Never below
+    ``commit_interval_ms``."""
     startup_timeout_s: PositiveFloat = 60.0
 
     @field_validator("bootstrap_servers", mode="before")

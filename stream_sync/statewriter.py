@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import structlog
 
-from stream_sync import metrics, statecodec
+from stream_sync import metrics
 from stream_sync.state import (
     BatchIntent,
     Person,
@@ -18,6 +18,7 @@ from stream_sync.state import (
     control_key,
     encode_control,
     encode_intent,
+    encode_person_parts,
     encode_sync,
     intent_key,
     sync_key,
@@ -105,7 +106,7 @@ class StateWriter(_Producing):
         topic = self.topic
         produce = self.producer.produce
         on_delivery = self._on_delivery
-        encode = statecodec.encode_person
+        encode = encode_person_parts
         for pid, person in self.pending_persons.items():
             partition = person.partition
             if wanted is not None and partition not in wanted:

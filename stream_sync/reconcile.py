@@ -231,23 +231,28 @@ def record_after(
     """The sync record once the destination answered ``outcome`` for ``op``."""
     if op.kind is OpKind.DELETE:
         if outcome.kind is OutcomeKind.REJECTED:
-            values = before.values if before is not None else {}
-            return SyncRecord(SyncStatus.REJECTED, values, op.identifier, op.ref, None)
+            kept = before.values if before is not None else {}
+            return SyncRecord(SyncStatus.REJECTED, kept, op.identifier, op.ref, None)
         return None
-    wanted = dict(desired) if desired is not None else dict(op.fields)
-    if outcome.kind is OutcomeKind.IGNORED:
-        return SyncRecord(SyncStatus.IGNORED, wanted, op.identifier, None, resync_token)
-    if outcome.kind is OutcomeKind.REJECTED:
+    if outcome.kind is not OutcomeKind.APPLIED:
+        # SyncRecord copies the values it is given: no copy needed here
+        wanted = desired if desired is not None else op.fields
+        if outcome.kind is OutcomeKind.IGNORED:
+            return SyncRecord(SyncStatus.IGNORED, wanted, op.identifier, None, resync_token)
         ref = before.ref if before is not None else None
         return SyncRecord(SyncStatus.REJECTED, wanted, op.identifier, ref, resync_token)
+    values: dict[str, Value]
     if op.full or before is None:
-        values = dict(op.fields)
         resync = resync_token
+        if op.clears:
+            values = {k: v for k, v in op.fields.items() if k not in op.clears}
+        else:
+            values = op.fields
     else:
-        values = dict(before.values)
+        values = before.values  # a new dict
         values.update(op.fields)
         resync = before.resync
-    for name in op.clears:
-        values.pop(name, None)
+        for name in op.clears:
+            values.pop(name, None)
     ref = outcome.ref or op.ref or (before.ref if before is not None else None)
     return SyncRecord(SyncStatus.SYNCED, values, op.identifier, ref, resync)

@@ -14,11 +14,16 @@ from stream_sync import statecodec
 from stream_sync.state import (
     FORMAT_JSON,
     FORMAT_PERSON_JSON,
+    BatchIntent,
+    IntendedOp,
+    OpKind,
     Person,
     SyncRecord,
     SyncStatus,
+    decode_intent,
     decode_person_into,
     decode_sync,
+    encode_intent,
     encode_person,
     encode_sync,
     segment_set,
@@ -158,3 +163,37 @@ def test_sync_version_1_still_read_and_pool_shares() -> None:
 def test_malformed_sync_records_raise_valueerror(data: bytes) -> None:
     with pytest.raises(ValueError):
         decode_sync(data)
+
+
+def test_intent_round_trip_and_version_1() -> None:
+    intent = BatchIntent(
+        "act",
+        (
+            IntendedOp("p1", OpKind.UPSERT, "a@x.io", ("city", "plan"), ("old",)),
+            IntendedOp("p2", OpKind.DELETE, None, (), ()),
+        ),
+    )
+    data = encode_intent(intent)
+    assert data[:1] == FORMAT_JSON
+    assert decode_intent(data) == intent
+    old = statecodec.encode_intent(
+        "act",
+        [("p1", "UPSERT", "a@x.io", ("city", "plan"), ("old",)), ("p2", "DELETE", None, (), ())],
+    )
+    assert old[:1] == b"\x01" and decode_intent(old) == intent
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x02[]",
+        b'\x02["act", {}]',
+        b'\x02["act", [["p1", "NOPE", null, [], []]]]',
+        b'\x02["act", [["p1", "UPSERT", 5, [], []]]]',
+        b'\x02["act", [["p1", "UPSERT", null, [1], []]]]',
+        b'\x02["act", [["p1", "UPSERT", null, []]]]',
+    ],
+)
+def test_malformed_intent_records_raise_valueerror(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_intent(data)

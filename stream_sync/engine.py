@@ -45,6 +45,7 @@ from stream_sync.state import (
     SyncRecord,
     SyncStatus,
     apply_attributes,
+    apply_attributes_changed,
     apply_deleted,
     apply_membership,
 )
@@ -592,13 +593,20 @@ class Engine:
             person = store.get_or_create(pid, partition)
         kind = type(event)
         if kind is AttributeChange:
+            ready = partition in store.ready
+            if not ready:  # catching up: nothing is marked, only "changed or not" matters
+                if apply_attributes_changed(person, event):  # type: ignore[arg-type]
+                    self.writer.pending_persons[pid] = person
+                if not person.attrs and person.forgettable():
+                    store.forget_if_empty(pid)
+                return
             changed = apply_attributes(person, event)  # type: ignore[arg-type]
             if not changed:
                 if not person.attrs and person.forgettable():  # e.g. an unset, person unknown
                     store.forget_if_empty(pid)
                 return
             self.writer.pending_persons[pid] = person  # StateWriter.person_changed, inlined
-            if partition in store.ready:
+            if ready:
                 index = self._attr_index
                 marked: set[int] = set()
                 for name in changed:

@@ -241,6 +241,31 @@ def apply_attributes(person: Person, event: AttributeChange) -> set[str]:
     return changed
 
 
+def apply_attributes_changed(person: Person, event: AttributeChange) -> bool:
+    """:func:`apply_attributes` returning only whether anything changed (no set of names):
+    the consume loop's path while a partition catches up, when nothing is marked dirty."""
+    changed = False
+    attrs = person.attrs
+    for name, value in event.set.items():
+        if value is None:
+            if name in attrs:
+                del attrs[name]
+                changed = True
+        else:
+            old = attrs.get(name, _MISSING)
+            if old is _MISSING:
+                attrs[sys.intern(name)] = value
+                changed = True
+            elif old != value or type(old) is not type(value):
+                attrs[name] = value
+                changed = True
+    for name in event.unset:
+        if name in attrs:
+            del attrs[name]
+            changed = True
+    return changed
+
+
 def apply_deleted(person: Person) -> bool:
     """Upstream deletion: the person leaves every segment and its attributes are dropped."""
     changed = bool(person.attrs or person.segments)
@@ -287,14 +312,17 @@ def encode_person(person: Person) -> bytes:
     return encode_person_parts(person.attrs, person.segments)
 
 
-def encode_person_parts(attrs: dict[str, Value], segments: frozenset[str]) -> bytes:
+def encode_person_parts(attrs: dict[str, Value], segments: Iterable[str]) -> bytes:
     """``[attrs, sorted segments]`` as JSON after the version byte (Avro when orjson cannot
     encode a value: not expected, every value passed the input decoder's checks)."""
-    listed = _SEGMENT_TUPLES.get(segments)
-    if listed is None:
+    if type(segments) is frozenset:
+        listed = _SEGMENT_TUPLES.get(segments)
+        if listed is None:
+            listed = tuple(sorted(segments))
+            if len(_SEGMENT_TUPLES) < 4096:
+                _SEGMENT_TUPLES[segments] = listed
+    else:
         listed = tuple(sorted(segments))
-        if len(_SEGMENT_TUPLES) < 4096:
-            _SEGMENT_TUPLES[segments] = listed
     try:
         return FORMAT_PERSON_JSON + orjson.dumps((attrs, listed))
     except TypeError:

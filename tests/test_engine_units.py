@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_sync.destinations.base import Adapter, Outcome
@@ -214,3 +215,32 @@ def test_sync_record_share_points_equal_values_at_the_source_objects() -> None:
     assert rec.values["city"] is source["city"]
     assert rec.values["ltv"] is source["ltv"]
     assert type(rec.values["orders"]) is float  # 3.0 and 3 are equal but not the same value
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from("abcd"), st.integers(0, 2) | st.text(max_size=2)),
+    st.lists(
+        st.tuples(
+            st.dictionaries(
+                st.sampled_from("abcd"), st.none() | st.integers(0, 2) | st.floats(0, 2)
+            ),
+            st.lists(st.sampled_from("abcd"), max_size=2),
+        ),
+        max_size=5,
+    ),
+)
+def test_apply_attributes_changed_agrees_with_apply_attributes(
+    start: dict[str, Any], events: list[tuple[dict[str, Any], list[str]]]
+) -> None:
+    from stream_sync.events import AttributeChange
+    from stream_sync.state import Person, apply_attributes, apply_attributes_changed
+
+    one, two = Person(0), Person(0)
+    one.attrs, two.attrs = dict(start), dict(start)
+    for values, unset in events:
+        event = AttributeChange("p", values, tuple(unset), 0)
+        names = apply_attributes(one, event)
+        assert apply_attributes_changed(two, event) == bool(names)
+        assert one.attrs == two.attrs
+        assert all(type(one.attrs[k]) is type(two.attrs[k]) for k in one.attrs)

@@ -197,3 +197,11 @@ def test_intent_round_trip_and_version_1() -> None:
 def test_malformed_intent_records_raise_valueerror(data: bytes) -> None:
     with pytest.raises(ValueError):
         decode_intent(data)
+
+
+def test_segments_of_any_iterable_are_written_sorted() -> None:
+    from stream_sync.state import encode_person_parts
+
+    a = encode_person_parts({"a": 1}, {"z", "b"})
+    b = encode_person_parts({"a": 1}, frozenset({"b", "z"}))
+    assert a == b and a.endswith(b'["b","z"]]')

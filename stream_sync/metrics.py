@@ -137,6 +137,12 @@ PAUSED_PARTITIONS = Gauge(
     "Input partitions paused (restoring)",
     registry=REGISTRY,
 )
+PARTITIONS_KEPT_AFTER_LOST = Counter(
+    "stream_sync_partitions_kept_after_lost_total",
+    "Partitions lost (session expired) and assigned straight back with their state unchanged: "
+    "kept in memory, not restored again",
+    registry=REGISTRY,
+)
 ASSIGNED_PARTITIONS = Gauge(
     "stream_sync_assigned_partitions",
     "Input partitions assigned to this instance",

@@ -34,6 +34,8 @@ class PartitionState:
     controls: dict[str, dict[str, Any]] = field(default_factory=dict)  # "meta/<act>" → payload
     records: int = 0
     seconds: float = 0.0
+    #: the state partition's end offset read up to (its high watermark when restored)
+    end_offset: int = 0
 
 
 def restore_partitions(
@@ -58,6 +60,7 @@ def restore_partitions(
         to_read: list[TopicPartition] = []
         for p in partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            result[p].end_offset = high
             if high > low:
                 ends[p] = high
                 to_read.append(TopicPartition(topic, p, OFFSET_BEGINNING))

@@ -52,10 +52,21 @@ class _Producing:
     def __init__(self, producer: Any) -> None:
         self.producer = producer
         self.error: str | None = None
+        #: partition -> highest offset of this topic acknowledged to this process: a state
+        #: partition whose end is still that + 1 was written by nobody else since
+        self.acked: dict[int, int] = {}
+        self.failed_partitions: set[int] = set()
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None and self.error is None:
-            self.error = f"{msg.topic()}[{msg.partition()}]: {err}"
+        if err is not None:
+            self.failed_partitions.add(msg.partition())
+            if self.error is None:
+                self.error = f"{msg.topic()}[{msg.partition()}]: {err}"
+            return
+        partition = msg.partition()
+        offset = msg.offset()
+        if offset > self.acked.get(partition, -1):
+            self.acked[partition] = offset
 
     def produce(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int | None

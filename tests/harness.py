@@ -6,6 +6,7 @@ explicit partitioner the tests use to compute expectations (crc32 of the person 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ import httpx
 import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream_sync.events import (
     AttributeChange,
@@ -271,3 +273,27 @@ def activation(
         "batch": {"max_size": max_size, "max_wait_ms": max_wait_ms},
         **extra,
     }
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels`` (0 when none)."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def log_events(svc: ServiceProcess) -> list[dict[str, Any]]:
+    """The service's structured log lines (JSON on stderr), parsed."""
+    events = []
+    for line in svc.logs().splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events

@@ -8,7 +8,6 @@ destination acknowledged.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Iterator
@@ -17,13 +16,13 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.test_destination import TOKEN, TestDestination
 from tests.harness import (
-    ServiceProcess,
     SyncEnv,
     activation,
+    log_events,
+    metric,
     test_destination_config,
     wait_until,
 )
@@ -67,30 +66,6 @@ def wait_converged(
         )
     except AssertionError as err:
         raise AssertionError(f"{err}\n{describe_diff(dest.records(ns), expected)}") from None
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples called ``name`` whose labels include ``labels`` (0 when none)."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
-def log_events(svc: ServiceProcess) -> list[dict[str, Any]]:
-    """The service's structured log lines (JSON on stderr), parsed."""
-    events = []
-    for line in svc.logs().splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events
 
 
 def offsets_committed_to_end(env: SyncEnv) -> bool:

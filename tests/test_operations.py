@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -18,23 +17,11 @@ from tests.harness import (
     SyncEnv,
     activation,
     free_port,
+    metric,
     test_destination_config,
     wait_until,
 )
 from tests.kafka_helpers import consume_all
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^(\w+)(\{([^}]*)\})? ([0-9.e+-]+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(m.group(4))
-    return total
 
 
 @pytest.mark.kafka
@@ -298,9 +285,7 @@ def test_plain_http_refused_for_remote_hosts(tmp_path: Path) -> None:
 
 @pytest.mark.kafka
 @pytest.mark.parametrize("catch_up_ms", [60_000, 1])
-def test_backlog_person_records_coalesced_while_catching_up(
-    env: SyncEnv, catch_up_ms: int
-) -> None:
+def test_backlog_person_records_coalesced_while_catching_up(env: SyncEnv, catch_up_ms: int) -> None:
     """A backlog (200 persons x 10 changes, pre-loaded) is caught up before anything is
     reconciled: with the catch-up commit interval each person record is written once, even
     with a 1 ms commit interval; with both at 1 ms it is written again at every commit."""

@@ -223,6 +223,10 @@ class DestinationHttp:
                 response = await self._client.request(
                     method, url, content=content, headers=headers
                 )
+                # the body is read; httpx leaves the response's stream bound to the response,
+                # a reference cycle that kept both bodies (up to MBs per batch) alive until
+                # a full garbage collection: RSS grew by ~12 MB/min in the soak
+                response.stream = httpx.ByteStream(b"")
             except httpx.TransportError as err:
                 metrics.API_CALLS.labels(self.destination, method, "error").inc()
                 reason = type(err).__name__

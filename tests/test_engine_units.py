@@ -244,3 +244,33 @@ def test_apply_attributes_changed_agrees_with_apply_attributes(
         assert apply_attributes_changed(two, event) == bool(names)
         assert one.attrs == two.attrs
         assert all(type(one.attrs[k]) is type(two.attrs[k]) for k in one.attrs)
+
+
+def test_destination_requests_leave_no_reference_cycles() -> None:
+    """httpx binds a response's stream to the response (a cycle holding both bodies until a
+    full collection; the soak's RSS grew with it): the HTTP layer breaks it."""
+    import gc
+
+    import anyio
+
+    from stream_sync.http import DestinationHttp
+    from tests.fakes.test_destination import TOKEN, TestDestination
+
+    async def run(url: str) -> int:
+        http = DestinationHttp("d", url, headers={"Authorization": f"Bearer {TOKEN}"})
+        try:
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            for _ in range(10):
+                response = await http.request("GET", "/check")
+                assert response.status_code == 200
+                del response
+            gc.collect()
+            return len(gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            await http.aclose()
+
+    with TestDestination() as dest:
+        assert anyio.run(run, dest.url("d")) == 0

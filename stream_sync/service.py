@@ -44,6 +44,8 @@ log = structlog.get_logger("stream_sync.service")
 HEALTH_STALL_S = 30.0
 #: a full garbage collection of what was allocated since the last one, then a freeze (below)
 GC_INTERVAL_S = 60.0
+#: freed memory handed back to the OS this often (glibc keeps it otherwise)
+TRIM_INTERVAL_S = 10.0
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -243,7 +245,7 @@ class Service:
         # while partitions catch up nothing is reconciled (so nothing waits for a commit): a
         # backlog's person records are coalesced over the longer interval
         catch_up_interval = max(interval, self.config.kafka.catch_up_commit_interval_ms / 1000)
-        last_commit = last_lag = last_gc = time.monotonic()
+        last_commit = last_lag = last_gc = last_trim = time.monotonic()
         decoders = {
             topic: self.decoder.decode_membership if kind == "m" else self.decoder.decode_attribute
             for topic, kind in self.topic_kind.items()
@@ -286,7 +288,10 @@ class Service:
                 last_commit = last_lag = time.monotonic()
                 if last_commit - last_gc >= GC_INTERVAL_S and not self.catching_up:
                     _collect_and_freeze()
-                    last_gc = time.monotonic()
+                    last_gc = last_trim = time.monotonic()
+                elif last_commit - last_trim >= TRIM_INTERVAL_S and _MALLOC_TRIM is not None:
+                    _MALLOC_TRIM(0)  # a burst (a lag after an outage) gives its memory back
+                    last_trim = time.monotonic()
             elif now - last_lag >= interval:
                 self._update_lag()  # the lag stays current while commits are spaced out
                 last_lag = now

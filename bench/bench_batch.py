@@ -76,7 +76,11 @@ NATIVE = [
     ("newsletter", "$email_marketing"),
 ]
 CUSTOM: list[tuple[str, str | None]] = [
-    ("plan", None), ("ltv", None), ("orders", None), ("signup", "date"), ("home", "url"),
+    ("plan", None),
+    ("ltv", None),
+    ("orders", None),
+    ("signup", "date"),
+    ("home", "url"),
     ("tags", None),
 ]
 WIDE = [(f"extra_{i:02d}", None) for i in range(60)]
@@ -86,8 +90,12 @@ def plan_for(adapter: BatchAdapter) -> ActivationPlan:
     fields = [(src, dest, None, False) for src, dest in NATIVE]
     fields += [(name, name, kind, True) for name, kind in [*CUSTOM, *WIDE]]
     return ActivationPlan(
-        id="bench", segment="vip", mode="upsert", identifier_attr="customer_id",
-        fields=tuple(fields), format_identifier=adapter.format_identifier,
+        id="bench",
+        segment="vip",
+        mode="upsert",
+        identifier_attr="customer_id",
+        fields=tuple(fields),
+        format_identifier=adapter.format_identifier,
         format_field=adapter.format_field,
     )
 
@@ -239,9 +247,14 @@ async def sustain(per_second: float, burst: int, seconds: float) -> Run:
         started = time.monotonic()
         while time.monotonic() - started < seconds:
             ops = [
-                Operation(f"b{batch_no}-{i}", OpKind.UPSERT, f"b{batch_no}-{i}",
-                          fields={"plan": "pro", "score": i}, full=True,
-                          custom=frozenset({"plan", "score"}))
+                Operation(
+                    f"b{batch_no}-{i}",
+                    OpKind.UPSERT,
+                    f"b{batch_no}-{i}",
+                    fields={"plan": "pro", "score": i},
+                    full=True,
+                    custom=frozenset({"plan", "score"}),
+                )
                 for i in range(BATCH)
             ]
             outcomes = await adapter.apply(ops)
@@ -273,14 +286,20 @@ def describe_at_limit(label: str, run: Run) -> None:
     steady_s = later[-1][0] - later[0][0] if len(later) > 1 else 0.0
     steady = sum(n for _, n in later[1:])
     print(f"  {label}")
-    print(f"    {run.sent_operations} profile updates in {run.seconds:.1f} s, "
-          f"{len(run.requests)} calls, 429s: {throttled(run)}")
-    print(f"    used {accepted / allowed:.1%} of the allowed amount "
-          f"(burst {LIMIT_BURST} + {LIMIT_PER_SECOND}/s x {t1 - t0:.1f} s)")
+    print(
+        f"    {run.sent_operations} profile updates in {run.seconds:.1f} s, "
+        f"{len(run.requests)} calls, 429s: {throttled(run)}"
+    )
+    print(
+        f"    used {accepted / allowed:.1%} of the allowed amount "
+        f"(burst {LIMIT_BURST} + {LIMIT_PER_SECOND}/s x {t1 - t0:.1f} s)"
+    )
     if steady_s > 0:
-        print(f"    steady state after the burst: {steady / steady_s:.1f}/s = "
-              f"{steady / steady_s / LIMIT_PER_SECOND:.1%} of {LIMIT_PER_SECOND}/s "
-              f"(over {steady_s:.1f} s)")
+        print(
+            f"    steady state after the burst: {steady / steady_s:.1f}/s = "
+            f"{steady / steady_s / LIMIT_PER_SECOND:.1%} of {LIMIT_PER_SECOND}/s "
+            f"(over {steady_s:.1f} s)"
+        )
     lost = run.sent_operations - run.profiles
     print(f"    lost: {lost}")
 
@@ -288,8 +307,10 @@ def describe_at_limit(label: str, run: Run) -> None:
 def describe_above_limit(run: Run, window: float) -> None:
     t0 = run.requests[0][0]
     first_429 = next((at for at, status, _ in run.requests if status == 429), None)
-    print(f"    {run.sent_operations} profile updates in {run.seconds:.1f} s, "
-          f"{len(run.requests)} calls, 429s answered and retried: {throttled(run)}")
+    print(
+        f"    {run.sent_operations} profile updates in {run.seconds:.1f} s, "
+        f"{len(run.requests)} calls, 429s answered and retried: {throttled(run)}"
+    )
     recovered: float | None = None
     start = t0
     while start + window <= t0 + run.seconds + 0.01:
@@ -297,9 +318,11 @@ def describe_above_limit(run: Run, window: float) -> None:
         used = got / (LIMIT_PER_SECOND * window)
         if start == t0:  # the first window also holds the burst
             used = got / (LIMIT_BURST + LIMIT_PER_SECOND * window)
-        print(f"      {start - t0:5.0f}-{start - t0 + window:3.0f} s: "
-              f"{got / window:6.1f}/s accepted, {used:6.1%} of the allowed, "
-              f"{throttled(run, start, start + window):3d} x 429")
+        print(
+            f"      {start - t0:5.0f}-{start - t0 + window:3.0f} s: "
+            f"{got / window:6.1f}/s accepted, {used:6.1%} of the allowed, "
+            f"{throttled(run, start, start + window):3d} x 429"
+        )
         after_429 = first_429 is not None and start + window > first_429
         if recovered is None and after_429 and used >= 0.9:
             assert first_429 is not None
@@ -307,16 +330,20 @@ def describe_above_limit(run: Run, window: float) -> None:
         start += window
     t1 = run.requests[-1][0]
     overall = accepted_between(run, t0, t1 + 1) / (LIMIT_BURST + LIMIT_PER_SECOND * (t1 - t0))
-    print(f"    overall {overall:.1%} of the allowed amount (windows are quantised by "
-          f"{BATCH}-operation calls)")
+    print(
+        f"    overall {overall:.1%} of the allowed amount (windows are quantised by "
+        f"{BATCH}-operation calls)"
+    )
     if first_429 is None:
         print("    no 429 at all")
     elif recovered is not None:
         print(f"    back at >= 90 % within {recovered:.0f} s of the first 429")
     else:
         print("    did NOT get back to >= 90 %")
-    print(f"    lost: {run.sent_operations - run.profiles} "
-          f"(every operation acknowledged; {run.profiles} profiles in the emulator)")
+    print(
+        f"    lost: {run.sent_operations - run.profiles} "
+        f"(every operation acknowledged; {run.profiles} profiles in the emulator)"
+    )
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -331,27 +358,39 @@ async def main(argv: Sequence[str] | None = None) -> None:
 
     print("Batch destination benchmark (adapter + DestinationHttp against the emulator)\n")
     print("1. API calls per 1,000 changed persons (400 creates + 600 updates, batches of 200)")
-    for label, wide in (("typical (12 mapped attributes)", 0.0),
-                        ("5 % of persons with > 50 attributes", 0.05)):
+    for label, wide in (
+        ("typical (12 mapped attributes)", 0.0),
+        ("5 % of persons with > 50 attributes", 0.05),
+    ):
         f = await calls_per_thousand(wide)
         scale = 1000 / f.persons
         print(f"  {label}:")
-        print(f"    {f.calls * scale:.0f} calls, {f.wire_operations * scale:.0f} profile "
-              f"operations (what Batch's limit counts), {f.attributes * scale:.0f} attributes "
-              f"({f.nulls * scale:.0f} null clears); creates {f.creates}, updates {f.updates}")
+        print(
+            f"    {f.calls * scale:.0f} calls, {f.wire_operations * scale:.0f} profile "
+            f"operations (what Batch's limit counts), {f.attributes * scale:.0f} attributes "
+            f"({f.nulls * scale:.0f} null clears); creates {f.creates}, updates {f.updates}"
+        )
     print("  (no deletes: Batch has none; a person leaving the segment costs no call)\n")
 
     print(f"2. Sustained throughput, emulator at {LIMIT_PER_SECOND}/s burst {LIMIT_BURST}")
     run = await sustain(LIMIT_PER_SECOND, LIMIT_BURST, at_limit_s)
-    describe_at_limit(f"limiter configured to the limit ({LIMIT_PER_SECOND}/s, burst "
-                      f"{LIMIT_BURST}), {at_limit_s:.0f} s:", run)
+    describe_at_limit(
+        f"limiter configured to the limit ({LIMIT_PER_SECOND}/s, burst "
+        f"{LIMIT_BURST}), {at_limit_s:.0f} s:",
+        run,
+    )
     run = await sustain(LIMIT_PER_SECOND, LIMIT_BURST - 20, headroom_s)
-    describe_at_limit(f"same, 2 % of the burst kept as headroom ({LIMIT_PER_SECOND}/s, burst "
-                      f"{LIMIT_BURST - 20}), {headroom_s:.0f} s:", run)
-    print("  note: the client's bucket starts leaking at its first acquire, the server's refills\n"
-          "  from the first arrival, and the first request is the slowest (connection set-up);\n"
-          "  with zero headroom the first saturation meets one 429 (the retried request is then\n"
-          "  charged twice, which leaves a cushion). A little burst headroom removes it.\n")
+    describe_at_limit(
+        f"same, 2 % of the burst kept as headroom ({LIMIT_PER_SECOND}/s, burst "
+        f"{LIMIT_BURST - 20}), {headroom_s:.0f} s:",
+        run,
+    )
+    print(
+        "  note: the client's bucket starts leaking at its first acquire, the server's refills\n"
+        "  from the first arrival, and the first request is the slowest (connection set-up);\n"
+        "  with zero headroom the first saturation meets one 429 (the retried request is then\n"
+        "  charged twice, which leaves a cushion). A little burst headroom removes it.\n"
+    )
 
     print(f"3. Limiter configured above the limit (600/s, burst {LIMIT_BURST}), {above_s:.0f} s:")
     run = await sustain(600, LIMIT_BURST, above_s)

@@ -93,8 +93,14 @@ def make_adapter(
     return CrispAdapter("crisp", dest, http_for("crisp", dest, **kwargs))
 
 
-def op(email: str, fields: dict[str, Any], *, kind: OpKind = OpKind.UPSERT,
-       ref: str | None = None, full: bool = True) -> Operation:
+def op(
+    email: str,
+    fields: dict[str, Any],
+    *,
+    kind: OpKind = OpKind.UPSERT,
+    ref: str | None = None,
+    full: bool = True,
+) -> Operation:
     return Operation(email, kind, email, ref, fields, (), full, custom=CUSTOM)
 
 
@@ -121,33 +127,48 @@ async def per_person() -> list[tuple[str, float, str]]:
         rows.append(("new person (profile fields only)", n, "POST profile"))
         emu.add_person("old@x.io")
         n = await calls_for(emu, adapter, [op("old@x.io", full)])
-        rows.append(("existing person unknown to state", n,
-                     "POST (people_exists), PATCH profile, PATCH data"))
+        rows.append(
+            (
+                "existing person unknown to state",
+                n,
+                "POST (people_exists), PATCH profile, PATCH data",
+            )
+        )
         ann = emu.find("new@x.io")
         assert ann is not None
-        n = await calls_for(emu, adapter,
-                            [op("new@x.io", {"person.phone": "2"}, ref=ann.people_id, full=False)])
+        n = await calls_for(
+            emu, adapter, [op("new@x.io", {"person.phone": "2"}, ref=ann.people_id, full=False)]
+        )
         rows.append(("profile-field change", n, "PATCH profile/{people_id}"))
-        n = await calls_for(emu, adapter,
-                            [op("new@x.io", {"plan": "max"}, ref=ann.people_id, full=False)])
+        n = await calls_for(
+            emu, adapter, [op("new@x.io", {"plan": "max"}, ref=ann.people_id, full=False)]
+        )
         rows.append(("custom-data change", n, "PATCH data/{people_id}"))
         people = [emu.add_person(f"g{i}@x.io") for i in range(BATCH)]
-        n = await calls_for(emu, adapter, [
-            op(p.email, {"plan": "gold"}, ref=p.people_id, full=False) for p in people
-        ])
-        rows.append(("custom-data change, same map, 100 in a batch", n / BATCH,
-                     "PATCH batch/data"))
+        n = await calls_for(
+            emu,
+            adapter,
+            [op(p.email, {"plan": "gold"}, ref=p.people_id, full=False) for p in people],
+        )
+        rows.append(("custom-data change, same map, 100 in a batch", n / BATCH, "PATCH batch/data"))
         n = await calls_for(emu, adapter, [op("old@x.io", {}, kind=OpKind.DELETE, full=False)])
         rows.append(("delete (no people_id)", n, "DELETE profile/{email}"))
-        n = await calls_for(emu, adapter, [op("new@x.io", {}, kind=OpKind.DELETE,
-                                              ref=ann.people_id, full=False)])
+        n = await calls_for(
+            emu, adapter, [op("new@x.io", {}, kind=OpKind.DELETE, ref=ann.people_id, full=False)]
+        )
         rows.append(("delete (people_id, alone)", n, "DELETE profile/{people_id}"))
-        n = await calls_for(emu, adapter, [
-            op(p.email, {}, kind=OpKind.DELETE, ref=p.people_id, full=False) for p in people
-        ])
+        n = await calls_for(
+            emu,
+            adapter,
+            [op(p.email, {}, kind=OpKind.DELETE, ref=p.people_id, full=False) for p in people],
+        )
         rows.append(("delete (people_id, 100 in a batch)", n / BATCH, "PATCH batch/remove"))
-        n = await calls_for(emu, adapter, [op("nobody@x.io", {"person.phone": "1"},
-                                              kind=OpKind.UPDATE)], OutcomeKind.IGNORED)
+        n = await calls_for(
+            emu,
+            adapter,
+            [op("nobody@x.io", {"person.phone": "1"}, kind=OpKind.UPDATE)],
+            OutcomeKind.IGNORED,
+        )
         rows.append(("update_only, unknown to Crisp (ignored)", n, "PATCH profile → 404"))
         await adapter.aclose()
     return rows
@@ -158,8 +179,7 @@ async def mixed(persons: int) -> dict[str, Any]:
     rng = random.Random(4)
     with CrispEmulator(daily_quota=None) as emu:
         adapter = make_adapter(emu)
-        kinds = (["create"] * 30 + ["profile"] * 20 + ["data"] * 20 + ["both"] * 10
-                 + ["delete"] * 20)
+        kinds = ["create"] * 30 + ["profile"] * 20 + ["data"] * 20 + ["both"] * 10 + ["delete"] * 20
         ops: list[Operation] = []
         for i in range(persons):
             kind = kinds[i % len(kinds)]
@@ -174,24 +194,29 @@ async def mixed(persons: int) -> dict[str, Any]:
                 plan = rng.choice(["pro", "max", "team", "free2"])
                 ops.append(op(email, {"plan": plan}, ref=person.people_id, full=False))
             elif kind == "both":
-                ops.append(op(email, {"company.name": f"C{i}", "ltv": i},
-                              ref=person.people_id, full=False))
+                ops.append(
+                    op(email, {"company.name": f"C{i}", "ltv": i}, ref=person.people_id, full=False)
+                )
             else:
                 ops.append(op(email, {}, kind=OpKind.DELETE, ref=person.people_id, full=False))
         rng.shuffle(ops)
         emu.reset_log()
         started = time.perf_counter()
         for start in range(0, len(ops), BATCH):
-            outcomes = await adapter.apply(ops[start:start + BATCH])
+            outcomes = await adapter.apply(ops[start : start + BATCH])
             assert all(o.kind is OutcomeKind.APPLIED for o in outcomes)
         elapsed = time.perf_counter() - started
         by_route = Counter(r.route for r in emu.requests)
         await adapter.aclose()
         mix = Counter(kinds[i % len(kinds)] for i in range(persons))
-        naive = (2 * mix["create"] + mix["profile"] + mix["data"] + 2 * mix["both"]
-                 + mix["delete"])
-    return {"calls": len(emu.requests), "by_route": by_route, "mix": mix,
-            "naive": naive, "elapsed": elapsed}
+        naive = 2 * mix["create"] + mix["profile"] + mix["data"] + 2 * mix["both"] + mix["delete"]
+    return {
+        "calls": len(emu.requests),
+        "by_route": by_route,
+        "mix": mix,
+        "naive": naive,
+        "elapsed": elapsed,
+    }
 
 
 async def quota(per_day: int, persons: int) -> dict[str, Any]:
@@ -232,8 +257,10 @@ async def rate(per_second: float, seconds: float) -> dict[str, float]:
         started = time.perf_counter()
         n = 0
         while time.perf_counter() - started < seconds:
-            ops = [op(p.email, {"person.phone": str(n)}, ref=p.people_id, full=False)
-                   for p in people[: int(per_second)]]
+            ops = [
+                op(p.email, {"person.phone": str(n)}, ref=p.people_id, full=False)
+                for p in people[: int(per_second)]
+            ]
             await adapter.apply(ops)
             n += 1
         elapsed = time.perf_counter() - started
@@ -243,8 +270,12 @@ async def rate(per_second: float, seconds: float) -> dict[str, float]:
     # the first `burst` calls go at once (the bucket starts full): the sustained rate is what
     # follows them
     burst = max(1, int(per_second + 0.999))
-    return {"requests": total, "elapsed": elapsed, "rate": (total - burst) / elapsed,
-            "throttled": throttled}
+    return {
+        "requests": total,
+        "elapsed": elapsed,
+        "rate": (total - burst) / elapsed,
+        "throttled": throttled,
+    }
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -258,26 +289,38 @@ async def main(args: argparse.Namespace) -> None:
     mix = result["mix"]
     print(f"\nMixed workload: {args.persons} changed persons in batches of {BATCH}")
     print("  mix: " + ", ".join(f"{k} {v}" for k, v in sorted(mix.items())))
-    print(f"  API calls: {result['calls']}  → {per_1000:.0f} per 1,000 changed persons"
-          f"  (one call per profile/data change and per delete would be {naive_1000:.0f})")
+    print(
+        f"  API calls: {result['calls']}  → {per_1000:.0f} per 1,000 changed persons"
+        f"  (one call per profile/data change and per delete would be {naive_1000:.0f})"
+    )
     print("  by route: " + ", ".join(f"{k} {v}" for k, v in sorted(result["by_route"].items())))
     print(f"  wall time against loopback: {result['elapsed']:.2f}s")
 
     q = await quota(args.per_day, args.quota_persons)
-    print(f"\nDaily quota: requests_per_day={args.per_day}, {args.quota_persons} new persons "
-          f"(2 calls each), clock starting 2025-06-30T23:00Z")
+    print(
+        f"\nDaily quota: requests_per_day={args.per_day}, {args.quota_persons} new persons "
+        f"(2 calls each), clock starting 2025-06-30T23:00Z"
+    )
     print(f"  calls on 2025-06-30: {q['days']['2025-06-30']} (stopped exactly at the budget)")
-    print(f"  pauses: {q['pauses']} of {q['paused_s']:.0f}s in total; resumed at "
-          f"{q['resumed_at']} (next UTC day)")
-    print(f"  calls on 2025-07-01: {q['days']['2025-07-01']} (emulator quota counter: "
-          f"{q['quota_used_day2']})")
-    print(f"  answers: {dict(sorted(q['statuses'].items()))} — no 429; "
-          f"{q['applied']}/{args.quota_persons} persons applied")
+    print(
+        f"  pauses: {q['pauses']} of {q['paused_s']:.0f}s in total; resumed at "
+        f"{q['resumed_at']} (next UTC day)"
+    )
+    print(
+        f"  calls on 2025-07-01: {q['days']['2025-07-01']} (emulator quota counter: "
+        f"{q['quota_used_day2']})"
+    )
+    print(
+        f"  answers: {dict(sorted(q['statuses'].items()))} — no 429; "
+        f"{q['applied']}/{args.quota_persons} persons applied"
+    )
 
     r = await rate(args.rate, args.seconds)
-    print(f"\nPer-second limiter at {args.rate:g}/s for {args.seconds:g}s: {r['requests']} "
-          f"requests, {r['rate']:.1f}/s sustained after the initial burst, "
-          f"{r['throttled']} throttled answers")
+    print(
+        f"\nPer-second limiter at {args.rate:g}/s for {args.seconds:g}s: {r['requests']} "
+        f"requests, {r['rate']:.1f}/s sustained after the initial burst, "
+        f"{r['throttled']} throttled answers"
+    )
 
 
 if __name__ == "__main__":

@@ -220,9 +220,7 @@ class DestinationHttp:
             started = time.perf_counter()
             retry_after: float | None = None
             try:
-                response = await self._client.request(
-                    method, url, content=content, headers=headers
-                )
+                response = await self._client.request(method, url, content=content, headers=headers)
                 # the body is read; httpx leaves the response's stream bound to the response,
                 # a reference cycle that kept both bodies (up to MBs per batch) alive until
                 # a full garbage collection: RSS grew by ~12 MB/min in the soak

@@ -11,6 +11,7 @@ import gc
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -104,6 +105,45 @@ def build_plan(activation: Any, adapter: Adapter) -> ActivationPlan:
     )
 
 
+def known_state_end(restored_end: int | None, acked_run: tuple[int, int] | None) -> int | None:
+    """The offset up to which this process knows every record of a state partition.
+
+    ``restored_end``: the partition's end when this process last restored it (it read every
+    record before that); ``acked_run``: the latest unbroken run of this process's own
+    acknowledged writes there (``_Producing.acked_runs``). A run that starts at or before the
+    restored end extends what is known to its last offset; a run that starts after it leaves a
+    gap (somebody else's records), so only the restored part counts. None: nothing is known.
+    When the partition's high watermark equals the result, nobody else wrote to it since.
+    """
+    if restored_end is None or restored_end < 0:
+        return None
+    if acked_run is not None and acked_run[0] <= restored_end:
+        return max(restored_end, acked_run[1] + 1)
+    return restored_end
+
+
+@dataclass
+class _Resume:
+    """Where a lost-and-kept input partition goes on (see ``Service._resume_points``)."""
+
+    position: int
+    group_committed: int | None
+    end: int  # the high watermark at assignment: caught up once the position reaches it
+
+
+@dataclass
+class _Rebalance:
+    """A rebalance callback's outcome, handled on the loop thread (``_handle_rebalance``)."""
+
+    kind: str  # "assign" | "revoke" | "lost"
+    partitions: set[int]
+    #: assign: partitions whose memory is kept (no restore); ``back`` is those of them that
+    #: were lost and came straight back, with where their input goes on
+    kept: set[int] = field(default_factory=set)
+    back: set[int] = field(default_factory=set)
+    resume: dict[tuple[str, int], _Resume] = field(default_factory=dict)
+
+
 def meta_of(activation: Any) -> dict[str, str]:
     return {
         "segment": activation.segment,
@@ -124,13 +164,19 @@ class Service:
         #: reassigned elsewhere): written on the loop thread only, read by _on_assign while
         #: the loop waits for consume() to return
         self._memory: set[int] = set()
+        #: partitions lost (group session expired, e.g. across a broker restart) whose memory
+        #: is held, not owned, not reconciled, their coalesced person writes held back, until
+        #: the next assignment decides: kept if assigned back and still right, else dropped.
+        #: Written by the rebalance callbacks, read on the loop thread between consume() calls.
         self._lost_pending: set[int] = set()
-        #: lost partitions assigned back and kept (see ``_still_ours``)
-        self._kept_after_lost: set[int] = set()
+        #: partitions held in memory without being owned (lost, or revoked) that input was
+        #: applied to all the same (fetched before the callback): their persons were not
+        #: marked, so they are scanned for a backlog when kept
+        self._unmarked: set[int] = set()
         #: state partition -> its end offset when this process restored it
         self._restored_end: dict[int, int] = {}
         self._assigned_once = False
-        self._events: list[tuple[str, set[int], set[int]]] = []
+        self._events: list[_Rebalance] = []
         self.next_offset: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.catching_up: dict[int, dict[tuple[str, int], int]] = {}
@@ -256,6 +302,7 @@ class Service:
             self.last_poll = time.monotonic()
             if self._events:
                 await self._handle_rebalance()
+                messages = self._current(messages)
             counts = dict.fromkeys(decoders, 0)
             next_offset = self.next_offset
             # the hot loop (once per input event): a decoder per topic, no other lookups
@@ -318,7 +365,9 @@ class Service:
 
     async def _commit(self) -> None:
         """Make applied state durable, then commit the input offsets that produced it."""
-        self.writer.flush_persons()
+        # the person records of lost partitions wait for the next assignment: written now
+        # they could land in a partition another member owns (and after its own writes)
+        self.writer.flush_persons(self.owned if self._lost_pending else None)
         await self.writer.flush()
         await self.warnings.flush()
         offsets = [
@@ -368,53 +417,113 @@ class Service:
         # (flushed and committed on revoke) are kept as they are; the others are paused until
         # restored from the state topic
         kept = nums & (self._memory - self._lost_pending)
-        back = self._still_ours(nums & self._memory & self._lost_pending)
-        if back:
+        back: set[int] = set()
+        resume: dict[tuple[str, int], _Resume] = {}
+        candidates = nums & self._memory & self._lost_pending
+        if candidates:
             # lost (session expired, e.g. while the broker restarted) and assigned straight
-            # back, with nobody else having written their state: keep the memory and go on
+            # back: when nobody else wrote their state meanwhile, keep the memory and go on
             # from where it is, instead of restoring the whole partition again
-            kept |= back
+            resume = self._resume_points(consumer, self._still_ours(consumer, candidates))
+            back = {p for _, p in resume}
             for tp in tps:
-                if tp.partition in back:
-                    position = self.next_offset.get((tp.topic, tp.partition))
-                    if position is not None:
-                        tp.offset = position
-        self._kept_after_lost = back
+                point = resume.get((tp.topic, tp.partition))
+                if point is not None:
+                    tp.offset = point.position
         self._lost_pending.clear()  # decided: kept, or dropped (and restored if assigned)
+        kept |= back
         new = sorted(nums - kept)
         consumer.assign(tps)
         if new:
             consumer.pause(self._input_tps(new))
-        self._events.append(("assign", nums, kept))
+        self._events.append(_Rebalance("assign", nums, kept, back, resume))
 
-    def _still_ours(self, candidates: set[int]) -> set[int]:
-        """The lost partitions whose state nobody else wrote since we last did (consume
-        thread, in the assignment callback): our state writes acknowledged, and the state
-        partition ends right after the last of them (or where our restore read it to)."""
-        if not candidates:
-            return set()
-        try:
-            self.writer.flush_blocking(30)  # only what was produced: coalesced persons wait
-        except Exception as err:  # any doubt: restore
-            log.warning("lost_partitions_not_kept", reason=str(err))
-            return set()
+    def _still_ours(self, consumer: Consumer, candidates: set[int]) -> set[int]:
+        """The lost partitions whose state nobody else wrote since we last knew it (consume
+        thread, in the assignment callback): every write of ours acknowledged without error,
+        and the state partition ends where what we know of it ends (``known_state_end``).
+
+        Only what was already produced is flushed: the coalesced person records of these
+        partitions are still held back, so nothing of ours can land after another member's
+        records and hide them; they are written after the decision, if the partition is kept.
+        """
+        state = self.config.topics.state
         kept: set[int] = set()
-        for p in sorted(candidates):
-            if p in self.writer.failed_partitions:
-                continue
-            ends = [self.writer.acked.get(p, -2) + 1, self._restored_end.get(p, -1)]
-            expected = max(ends)  # offsets only grow: the latest end we know of
-            if expected < 0:
-                continue
+        undecided = sorted(candidates)
+        for attempt in range(2):
             try:
-                _, high = self.consumer.get_watermark_offsets(
-                    TopicPartition(self.config.topics.state, p), timeout=10, cached=False
+                self.writer.flush_blocking(30)
+            except Exception as err:  # any doubt: restore
+                log.warning("lost_partitions_not_kept", partitions=undecided, reason=str(err))
+                return set()
+            again: list[int] = []
+            for p in undecided:
+                if p in self.writer.failed_partitions:
+                    log.info("lost_partition_not_kept", partition=p, reason="state write failed")
+                    continue
+                run = self.writer.acked_runs.get(p)
+                known = known_state_end(self._restored_end.get(p), run)
+                try:
+                    _, high = consumer.get_watermark_offsets(
+                        TopicPartition(state, p), timeout=10, cached=False
+                    )
+                except KafkaException as err:
+                    log.info("lost_partition_not_kept", partition=p, reason=str(err))
+                    continue
+                if known is not None and high == known:
+                    kept.add(p)
+                elif attempt == 0 and known is not None and high > known:
+                    again.append(p)  # perhaps a write of ours not acknowledged yet: flush again
+                else:
+                    log.info(
+                        "lost_partition_not_kept",
+                        partition=p,
+                        reason="state written by another since",
+                        state_end=high,
+                        known_end=known,
+                    )
+            undecided = again
+            if not undecided:
+                break
+        return kept
+
+    def _resume_points(
+        self, consumer: Consumer, partitions: set[int]
+    ) -> dict[tuple[str, int], _Resume]:
+        """Where the input of kept partitions goes on: the later of our own position and the
+        group's committed offset. Input between them is in our memory already, or was
+        consumed by another member that committed without writing state (``_still_ours``
+        found none), so it changed nothing. A partition whose positions are not known is left
+        out (restored)."""
+        if not partitions:
+            return {}
+        tps = self._input_tps(sorted(partitions))
+        try:
+            committed = consumer.committed(tps, timeout=15)
+        except KafkaException as err:
+            log.warning("lost_partitions_not_kept", partitions=sorted(partitions), reason=str(err))
+            return {}
+        points: dict[tuple[str, int], _Resume] = {}
+        doubtful: set[int] = set()
+        for tp in committed:
+            key = (tp.topic, tp.partition)
+            ours = self.next_offset.get(key)
+            if tp.error is not None or ours is None:
+                doubtful.add(tp.partition)
+                continue
+            group = tp.offset if tp.offset >= 0 else None
+            try:
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=10, cached=False
                 )
             except KafkaException:
+                doubtful.add(tp.partition)
                 continue
-            if high == expected:
-                kept.add(p)
-        return kept
+            position = ours if group is None else max(ours, group)
+            points[key] = _Resume(position, group, int(high))
+        if doubtful:
+            log.info("lost_partition_not_kept", partitions=sorted(doubtful), reason="position")
+        return {key: point for key, point in points.items() if key[1] not in doubtful}
 
     def _on_revoke(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         nums = {tp.partition for tp in tps}
@@ -425,12 +534,14 @@ class Service:
                 consumer.commit(offsets=offsets, asynchronous=False)
         except Exception as err:
             log.warning("revoke_commit_failed", error=str(err))
-        self._events.append(("revoke", nums, set()))
+        self._events.append(_Rebalance("revoke", nums))
 
     def _on_lost(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         nums = {tp.partition for tp in tps}
+        # their persons are not reconciled from now on (the engine runs on the loop thread)
+        from_thread.run_sync(self.store.ready.difference_update, nums)
         self._lost_pending |= nums
-        self._events.append(("lost", nums, set()))
+        self._events.append(_Rebalance("lost", nums))
 
     def _prepare_revoke(self, nums: set[int]) -> list[TopicPartition]:
         self.writer.flush_persons(nums)
@@ -442,33 +553,66 @@ class Service:
             if partition in nums and self.committed.get((topic, partition)) != offset
         ]
 
+    def _current(self, messages: list[Any]) -> list[Any]:
+        """The messages of a consume() call that also ran rebalance callbacks, without those
+        fetched before the callbacks that no longer apply: of a partition no longer in memory,
+        or below our position (already applied: a kept partition's input re-fetched from
+        where our memory is)."""
+        memory, owned = self._memory, self.owned
+        next_offset = self.next_offset
+        position: dict[tuple[str, int], int] = {}
+        current = []
+        for msg in messages:
+            if msg.error() is None:
+                key = (msg.topic(), msg.partition())
+                offset = msg.offset()
+                if key[1] not in memory or offset < position.get(key, next_offset.get(key, 0)):
+                    continue
+                position[key] = offset + 1
+                if key[1] not in owned:
+                    self._unmarked.add(key[1])  # applied without marking (not ready)
+            current.append(msg)
+        return current
+
     async def _handle_rebalance(self) -> None:
         events, self._events = self._events, []
-        for kind, nums, kept in events:
-            if kind == "revoke":
+        t = self.config.topics
+        for event in events:
+            nums = event.partitions
+            if event.kind == "revoke":
                 for p in nums:
-                    self.committed.pop((self.config.topics.memberships, p), None)
-                    self.committed.pop((self.config.topics.attributes, p), None)
+                    self.committed.pop((t.memberships, p), None)
+                    self.committed.pop((t.attributes, p), None)
                 self.owned -= nums
-            elif kind == "lost":
+            elif event.kind == "lost":
                 # not dropped yet: if the same partitions come straight back and nobody else
                 # wrote their state, the next assignment keeps them (``_still_ours``)
-                for p in nums:
-                    self.store.ready.discard(p)
+                self.store.ready.difference_update(nums)
                 self.owned -= nums
+                log.warning(
+                    "partitions_lost", partitions=sorted(nums), held=sorted(nums & self._memory)
+                )
             else:
+                kept = event.kept
                 for p in self._memory - kept:  # not ours any more, or to be restored
                     self._drop(p)
+                self._resume(event)
                 new = sorted(nums - kept)
                 self.owned = set(nums)
                 self._assigned_once = True
                 for p in kept:
-                    self.store.ready.add(p)
+                    if p in self.catching_up:
+                        pass  # ready (and scanned for its backlog) once caught up
+                    elif p in self._unmarked:
+                        self.engine.partition_ready(p)  # with a backlog scan
+                    else:
+                        self.store.ready.add(p)
+                self._unmarked -= kept
                 for worker in self.engine.workers:
                     worker.mark_wake()
                 if new:
                     await self._restore(new)
-                back = sorted(self._kept_after_lost & kept)
+                back = sorted(event.back)
                 log.info(
                     "assigned",
                     partitions=sorted(nums),
@@ -480,11 +624,29 @@ class Service:
                     metrics.PARTITIONS_KEPT_AFTER_LOST.inc(len(back))
         metrics.ASSIGNED_PARTITIONS.set(len(self.owned))
 
+    def _resume(self, event: _Rebalance) -> None:
+        """Positions of the partitions kept after a loss. Input that arrived while they were
+        lost is a backlog: applied before those partitions are reconciled again (catch-up
+        before emit, design §4), as after a restore."""
+        for key, point in event.resume.items():
+            self.next_offset[key] = point.position
+            if point.group_committed is None:
+                self.committed.pop(key, None)
+            else:
+                self.committed[key] = point.group_committed
+        for p in event.back:
+            targets = {key: point.end for key, point in event.resume.items() if key[1] == p}
+            if any(self.next_offset[key] < end for key, end in targets.items()):
+                self.catching_up[p] = targets
+            # else ready at once; or, still catching up from before the loss, once caught up
+
     def _drop(self, p: int) -> None:
         self._memory.discard(p)
         self.engine.partition_dropped(p)
         self.writer.drop_pending([p])
         self.catching_up.pop(p, None)
+        self._restored_end.pop(p, None)
+        self._unmarked.discard(p)
         t = self.config.topics
         for topic in (t.memberships, t.attributes):
             self.next_offset.pop((topic, p), None)
@@ -567,6 +729,8 @@ class Service:
 
     def _check_catch_up(self) -> None:
         for p, targets in list(self.catching_up.items()):
+            if p not in self.owned:
+                continue  # lost meanwhile: ready (if kept) once assigned back and caught up
             if all(self.next_offset.get(key, 0) >= end for key, end in targets.items()):
                 del self.catching_up[p]
                 self.engine.partition_ready(p)

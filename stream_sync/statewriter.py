@@ -52,9 +52,14 @@ class _Producing:
     def __init__(self, producer: Any) -> None:
         self.producer = producer
         self.error: str | None = None
-        #: partition -> highest offset of this topic acknowledged to this process: a state
-        #: partition whose end is still that + 1 was written by nobody else since
-        self.acked: dict[int, int] = {}
+        #: partition -> (first, last): the offsets of the latest unbroken run of this
+        #: process's acknowledged writes to the topic (``last`` is the highest acknowledged
+        #: offset). Every record in ``first..last`` is ours: a record of another writer
+        #: between two of ours breaks the run (the next one starts a new run), so a partition
+        #: ending at ``last + 1`` was written by nobody else since ``first``. One tuple per
+        #: partition, replaced at once: a reader on another thread sees a consistent pair.
+        self.acked_runs: dict[int, tuple[int, int]] = {}
+        #: partitions where a write of ours failed: what they hold is in doubt
         self.failed_partitions: set[int] = set()
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
@@ -63,10 +68,20 @@ class _Producing:
             if self.error is None:
                 self.error = f"{msg.topic()}[{msg.partition()}]: {err}"
             return
+        # once per record written (the idempotent producer acknowledges a partition's
+        # records in order)
         partition = msg.partition()
         offset = msg.offset()
-        if offset > self.acked.get(partition, -1):
-            self.acked[partition] = offset
+        run = self.acked_runs.get(partition)
+        if run is not None and offset == run[1] + 1:
+            self.acked_runs[partition] = (run[0], offset)
+        else:  # the first, or another writer's records (or a gap) before this one
+            self.acked_runs[partition] = (offset, offset)
+
+    def acked(self, partition: int) -> int:
+        """The highest offset of ``partition`` acknowledged to this process (-1: none)."""
+        run = self.acked_runs.get(partition)
+        return -1 if run is None else run[1]
 
     def produce(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int | None

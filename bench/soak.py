@@ -90,6 +90,13 @@ def main() -> int:
     parser.add_argument("--persons", type=int, default=20000)
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--no-broker-restart", action="store_true")
+    parser.add_argument(
+        "--broker-down-s",
+        type=float,
+        default=12.0,
+        help="seconds the broker stays stopped: longer than the group session (10 s), so the "
+        "service's partitions are lost and come back",
+    )
     args = parser.parse_args()
 
     duration = args.minutes * 60
@@ -167,6 +174,7 @@ def main() -> int:
         if not restart_done and not args.no_broker_restart and elapsed >= restart_at:
             print(f"[{elapsed:6.0f}s] restarting the broker", flush=True)
             subprocess.run([str(ROOT / "scripts" / "kafka"), "stop"], check=True)
+            time.sleep(args.broker_down_s)
             subprocess.run(
                 [str(ROOT / "scripts" / "kafka"), "start"], check=True, capture_output=True
             )

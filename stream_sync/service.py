@@ -110,7 +110,7 @@ def known_state_end(restored_end: int | None, acked_run: tuple[int, int] | None)
 
     ``restored_end``: the partition's end when this process last restored it (it read every
     record before that); ``acked_run``: the latest unbroken run of this process's own
-    acknowledged writes there (``_Producing.acked_runs``). A run that starts at or before the
+    acknowledged writes there (``_Producing.acked_run``). A run that starts at or before the
     restored end extends what is known to its last offset; a run that starts after it leaves a
     gap (somebody else's records), so only the restored part counts. None: nothing is known.
     When the partition's high watermark equals the result, nobody else wrote to it since.
@@ -461,7 +461,7 @@ class Service:
                 if p in self.writer.failed_partitions:
                     log.info("lost_partition_not_kept", partition=p, reason="state write failed")
                     continue
-                run = self.writer.acked_runs.get(p)
+                run = self.writer.acked_run(p)
                 known = known_state_end(self._restored_end.get(p), run)
                 try:
                     _, high = consumer.get_watermark_offsets(
@@ -481,6 +481,8 @@ class Service:
                         reason="state written by another since",
                         state_end=high,
                         known_end=known,
+                        restored_end=self._restored_end.get(p),
+                        acked_run=run,
                     )
             undecided = again
             if not undecided:

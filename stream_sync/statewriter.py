@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -48,17 +49,43 @@ def producer_config(bootstrap: str, client: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: runs of acknowledged offsets kept per partition (see ``_Producing._runs``)
+_MAX_RUNS = 64
+
+
+def _merge_offset(runs: list[list[int]], offset: int) -> None:
+    """Add ``offset`` (below the end of the latest run) to sorted disjoint ``runs``, merging
+    the runs it joins."""
+    i = bisect.bisect_right(runs, offset, key=lambda run: run[0]) - 1  # runs[i][0] <= offset
+    if i >= 0 and offset <= runs[i][1]:
+        return  # already known
+    after = runs[i + 1]  # exists: offset is below the end of the latest run
+    joins_before = i >= 0 and runs[i][1] + 1 == offset
+    joins_after = offset + 1 == after[0]
+    if joins_before and joins_after:
+        runs[i][1] = after[1]
+        del runs[i + 1]
+    elif joins_before:
+        runs[i][1] = offset
+    elif joins_after:
+        after[0] = offset
+    else:
+        runs.insert(i + 1, [offset, offset])
+
+
 class _Producing:
     def __init__(self, producer: Any) -> None:
         self.producer = producer
         self.error: str | None = None
-        #: partition -> (first, last): the offsets of the latest unbroken run of this
-        #: process's acknowledged writes to the topic (``last`` is the highest acknowledged
-        #: offset). Every record in ``first..last`` is ours: a record of another writer
-        #: between two of ours breaks the run (the next one starts a new run), so a partition
-        #: ending at ``last + 1`` was written by nobody else since ``first``. One tuple per
-        #: partition, replaced at once: a reader on another thread sees a consistent pair.
-        self.acked_runs: dict[int, tuple[int, int]] = {}
+        #: partition -> the offsets of this process's acknowledged writes to the topic, as
+        #: sorted disjoint runs ``[first, last]`` (the most recent few). Every record in a run
+        #: is ours: a record of another writer between two of ours leaves them in two runs, so
+        #: a partition ending at ``last + 1`` of a run was written by nobody else since its
+        #: ``first``. Delivery reports come in order per partition from librdkafka, but they
+        #: are served by whichever thread polls: the commit's flush and an activation's flush
+        #: (intents before a send) run at once in two worker threads, and their callbacks
+        #: interleave. Runs are therefore merged whatever the order the reports arrive in.
+        self._runs: dict[int, list[list[int]]] = {}
         #: partitions where a write of ours failed: what they hold is in doubt
         self.failed_partitions: set[int] = set()
 
@@ -68,19 +95,35 @@ class _Producing:
             if self.error is None:
                 self.error = f"{msg.topic()}[{msg.partition()}]: {err}"
             return
-        # once per record written (the idempotent producer acknowledges a partition's
-        # records in order)
+        # once per record written: the common case (the next offset of the latest run) first
         partition = msg.partition()
         offset = msg.offset()
-        run = self.acked_runs.get(partition)
-        if run is not None and offset == run[1] + 1:
-            self.acked_runs[partition] = (run[0], offset)
-        else:  # the first, or another writer's records (or a gap) before this one
-            self.acked_runs[partition] = (offset, offset)
+        runs = self._runs.get(partition)
+        if runs is None:
+            self._runs[partition] = [[offset, offset]]
+            return
+        last = runs[-1]
+        if offset == last[1] + 1:
+            last[1] = offset
+        elif offset > last[1]:  # a gap: somebody else's records (or ours, reported later)
+            runs.append([offset, offset])
+            if len(runs) > _MAX_RUNS:
+                del runs[0]  # forgotten: only ever makes the partition look less known
+        else:
+            _merge_offset(runs, offset)
+
+    def acked_run(self, partition: int) -> tuple[int, int] | None:
+        """The run of our acknowledged writes that holds the highest offset acknowledged to
+        this process in ``partition`` (None: none). Read after a flush: every report is in."""
+        runs = self._runs.get(partition)
+        if not runs:
+            return None
+        first, last = runs[-1]
+        return first, last
 
     def acked(self, partition: int) -> int:
         """The highest offset of ``partition`` acknowledged to this process (-1: none)."""
-        run = self.acked_runs.get(partition)
+        run = self.acked_run(partition)
         return -1 if run is None else run[1]
 
     def produce(

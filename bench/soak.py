@@ -130,6 +130,7 @@ def main() -> int:
     samples: list[tuple[float, float]] = []
     blocks: list[tuple[float, float]] = []  # Python allocator blocks (thousands)
     max_lag = 0.0
+    max_behind = 0
     next_sample = started
     outage_at, outage_end = 0.3 * duration, 0.3 * duration + 30
     restart_at = 0.6 * duration
@@ -184,6 +185,10 @@ def main() -> int:
             m = scrape(config[1])
             lag = m.get("stream_sync_consumer_lag", 0.0)
             max_lag = max(max_lag, lag)
+            if "stream_sync_events_consumed_total" in m:  # the gauge above is the service's
+                # view, stale while it is cut off from the broker: this one is the producer's
+                behind = produced - int(m["stream_sync_events_consumed_total"])
+                max_behind = max(max_behind, behind)
             rss = rss_mb(pid)
             samples.append((time.monotonic() - started, rss))
             kblocks = m.get("stream_sync_python_allocated_blocks", 0.0) / 1000
@@ -214,7 +219,8 @@ def main() -> int:
         f"{int(m.get('stream_sync_retries_total', 0))} / "
         f"{int(m.get('stream_sync_throttled_total', 0))}"
     )
-    print(f"max consumer lag:     {int(max_lag)}")
+    print(f"max consumer lag:     {int(max_lag)} (the service's gauge, sampled)")
+    print(f"max backlog:          {max_behind} events produced but not consumed (sampled)")
     print("rss samples (MB):     " + " ".join(f"{r:.0f}" for _, r in samples))
     print(f"rss slope (last 80%): {slope_mb_per_min(tail):+.2f} MB/min (target < 1)")
     tail_blocks = [s for s in blocks if s[0] >= 0.2 * duration]

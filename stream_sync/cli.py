@@ -139,30 +139,11 @@ def _run(args: argparse.Namespace) -> int:
     from stream_sync.service import Service
 
     config = _load(args.config)
-    _limit_malloc_arenas()
     # the state is many small long-lived objects and holds no reference cycles: collect the
     # young generation less often (fewer pauses on the hot path)
     gc.set_threshold(50_000, 20, 20)
     service = Service(config)
     return anyio.run(service.run)
-
-
-def _limit_malloc_arenas() -> None:
-    """glibc gives each thread that allocates its own malloc arena (up to 8 per core) and
-    keeps their freed memory: librdkafka's threads and the worker threads then grow RSS
-    through fragmentation. Two arenas, as ``MALLOC_ARENA_MAX=2`` would (which still wins when
-    set), before any thread starts."""
-    import ctypes
-    import os
-
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    m_arena_max = -8
-    mallopt(m_arena_max, 2)
 
 
 # --- check -------------------------------------------------------------------------------

@@ -347,19 +347,10 @@ def test_kept_partitions_go_on_from_the_group_commit_and_catch_up_before_emit(
                     env.attrs(f"p{i}", {"plan": step})
                 for i in range(FILLER):
                     env.attrs(f"x{i}", {"email": f"x{i}@x.io", "plan": step})  # not members
-            for i in range(PERSONS):
-                env.attrs(f"p{i}", {"plan": "pro"})
-                plans[f"p{i}"] = "pro"
-            env.flush()
+            change_every_plan(env, plans, "pro")
 
         lose_session(env, svc, another_member_then_a_backlog)
-        wait_until(lambda: dest.records("d") == expected(plans), 60, what="changes synced")
-        again = assignments(svc)[-1]
-        assert sorted(again["kept_after_lost"]) == list(range(env.partitions)), again
-        assert again["restored"] == []
-        text = svc.metrics()
-        assert metric(text, "stream_sync_state_records_restored_total") == restored_before
-        assert metric(text, "stream_sync_partitions_kept_after_lost_total") == env.partitions
+        text = synced_and_kept(env, svc, dest, plans, restored_before)
         assert metric(text, "stream_sync_poison_messages_total") == 0  # the other's input
         # one update per person, the final one: no intermediate plan, nothing twice
         time.sleep(1)
@@ -375,6 +366,25 @@ def commit(consumer: Consumer, offsets: list[TopicPartition]) -> bool:
     except KafkaException:
         return False  # the group not empty yet
     return True
+
+
+def synced_and_kept(
+    env: SyncEnv,
+    svc: ServiceProcess,
+    dest: TestDestination,
+    plans: dict[str, str],
+    restored_before: float,
+) -> str:
+    """Wait for the destination to hold ``plans``; check every partition came back kept,
+    nothing restored. Returns the metrics text."""
+    wait_until(lambda: dest.records("d") == expected(plans), 60, what="changes synced")
+    again = assignments(svc)[-1]
+    assert sorted(again["kept_after_lost"]) == list(range(env.partitions)), again
+    assert again["restored"] == []
+    text = svc.metrics()
+    assert metric(text, "stream_sync_state_records_restored_total") == restored_before
+    assert metric(text, "stream_sync_partitions_kept_after_lost_total") == env.partitions
+    return text
 
 
 def change_every_plan(env: SyncEnv, plans: dict[str, str], plan: str) -> None:
@@ -396,13 +406,7 @@ def test_lost_partitions_assigned_back_are_kept_without_restore(env: SyncEnv) ->
 
         lose_session(env, svc, lambda: change_every_plan(env, plans, "pro"))
 
-        wait_until(lambda: dest.records("d") == expected(plans), 60, what="changes synced")
-        again = assignments(svc)[-1]
-        assert sorted(again["kept_after_lost"]) == list(range(env.partitions)), again
-        assert again["restored"] == []
-        text = svc.metrics()
-        assert metric(text, "stream_sync_state_records_restored_total") == restored_before
-        assert metric(text, "stream_sync_partitions_kept_after_lost_total") == env.partitions
+        synced_and_kept(env, svc, dest, plans, restored_before)
         time.sleep(1)
         assert len(dest.ops("d")) - ops_before == PERSONS  # one update per person, none twice
         assert svc.terminate() == 0

@@ -161,6 +161,9 @@ class StateWriter(_Producing):
         super().__init__(producer)
         self.topic = topic
         self.pending_persons: dict[str, Person] = {}
+        #: sync records produced since the metric was last brought up to date (a counter
+        #: increment per operation cost more than the record's encoding)
+        self._sync_unpublished = 0
 
     def person_changed(self, partition: int, person_id: str, person: Person) -> None:
         self.pending_persons[person_id] = person
@@ -191,6 +194,7 @@ class StateWriter(_Producing):
             produced += 1
         self.pending_persons = keep
         _PERSON_WRITES.inc(produced)
+        self.publish_counts()
         self.producer.poll(0)
         return produced
 
@@ -209,7 +213,13 @@ class StateWriter(_Producing):
             self.producer.produce(self.topic, value, key, partition, self._on_delivery)
         except BufferError:
             self.produce(self.topic, key, value, partition)  # waits for room
-        _SYNC_WRITES.inc()
+        self._sync_unpublished += 1
+
+    def publish_counts(self) -> None:
+        """Bring ``stream_sync_state_writes_total{kind="sync"}`` up to date."""
+        if self._sync_unpublished:
+            _SYNC_WRITES.inc(self._sync_unpublished)
+            self._sync_unpublished = 0
 
     def write_intent(
         self, partition: int, activation: str, batch_id: str, intent: BatchIntent

@@ -10,7 +10,7 @@ import argparse
 import sys
 import traceback
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -136,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
 
     import anyio
 
-    from stream_sync.service import Service
+    from stream_sync.service import Service, fix_mmap_threshold
 
     config = _load(args.config)
     fix_mmap_threshold()
@@ -145,32 +145,6 @@ def _run(args: argparse.Namespace) -> int:
     gc.set_threshold(50_000, 20, 20)
     service = Service(config)
     return anyio.run(service.run)
-
-
-#: allocations from this size up get pages of their own, handed back to the OS when freed
-MMAP_THRESHOLD = 128 * 1024
-
-
-def fix_mmap_threshold(environ: Mapping[str, str] | None = None) -> bool:
-    """Keep glibc's mmap threshold at 128 KiB, as ``MALLOC_MMAP_THRESHOLD_=131072`` would
-    (which still wins when set). True when this call set it.
-
-    glibc raises the threshold each time a mapped block is freed (up to 32 MiB), so after a
-    burst (a lag consumed after an outage: fetch buffers, request bodies, large dict tables)
-    such blocks come from the heap and their pages stay in use by fragments around them. The
-    10-minute soak ended 5 MB lower with the threshold fixed (84 instead of 89 MB).
-    """
-    import ctypes
-    import os
-
-    if "MALLOC_MMAP_THRESHOLD_" in (os.environ if environ is None else environ):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    m_mmap_threshold = -3
-    return bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD))
 
 
 # --- check -------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,16 +50,37 @@ GC_INTERVAL_S = 60.0
 TRIM_INTERVAL_S = 10.0
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+#: allocations from this size up get pages of their own, handed back to the OS when freed
+MMAP_THRESHOLD = 128 * 1024
+
+
+def _glibc() -> Any | None:
     try:
         libc = ctypes.CDLL("libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc
+    except OSError:
         return None
-    return trim
+    glibc = hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt")
+    return libc if glibc else None
 
 
-_MALLOC_TRIM = _malloc_trim()
+_LIBC = _glibc()
+_MALLOC_TRIM: Callable[[int], int] | None = None if _LIBC is None else _LIBC.malloc_trim
+
+
+def fix_mmap_threshold(environ: Mapping[str, str] | None = None) -> bool:
+    """Keep glibc's mmap threshold at :data:`MMAP_THRESHOLD`, as
+    ``MALLOC_MMAP_THRESHOLD_=131072`` would (which still wins when set). True when this call
+    set it.
+
+    glibc raises the threshold each time a mapped block is freed (up to 32 MiB), so after a
+    burst (a lag consumed after an outage: fetch buffers, request bodies, large dict tables)
+    such blocks come from the heap, and fragments around them keep its pages in use: RSS
+    stepped up after every burst and stayed there.
+    """
+    if _LIBC is None or "MALLOC_MMAP_THRESHOLD_" in (os.environ if environ is None else environ):
+        return False
+    m_mmap_threshold = -3
+    return bool(_LIBC.mallopt(m_mmap_threshold, MMAP_THRESHOLD))
 
 
 def _collect_and_freeze() -> None:

@@ -1,4 +1,4 @@
-"""glibc's mmap threshold stays fixed under ``stream-sync run`` (cli.fix_mmap_threshold).
+"""glibc's mmap threshold stays fixed under ``stream-sync run`` (service.fix_mmap_threshold).
 
 Each check runs in a fresh interpreter: the threshold is process-wide and glibc adjusts it
 once per freed mapped block, so the pytest process's own history would blur the result.
@@ -7,13 +7,14 @@ once per freed mapped block, so the pytest process's own history would blur the 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
 
 import pytest
 
-from stream_sync.cli import fix_mmap_threshold
+from stream_sync.service import fix_mmap_threshold
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc malloc only")
 
@@ -22,7 +23,7 @@ glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc mall
 # free, so without a fixed threshold the 1 MiB comes from the heap (0 mapped bytes).
 _PROBE = """
 import ctypes, json, sys
-from stream_sync.cli import fix_mmap_threshold
+from stream_sync.service import fix_mmap_threshold
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -41,7 +42,7 @@ print(json.dumps({"fixed": fixed, "mapped": mapped}))
 """
 
 
-def _probe(mode: str, env: dict[str, str] | None = None) -> dict[str, int]:
+def _probe(mode: str, env: dict[str, str] | None = None) -> dict[str, int | bool]:
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, mode],
         capture_output=True,
@@ -69,8 +70,6 @@ def test_fixed_threshold_keeps_large_blocks_mapped_after_a_burst() -> None:
 @glibc
 def test_the_environment_variable_wins() -> None:
     assert fix_mmap_threshold({"MALLOC_MMAP_THRESHOLD_": "65536"}) is False
-    import os
-
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     result = _probe("fix", env)
     assert result["fixed"] is False

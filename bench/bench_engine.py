@@ -31,6 +31,7 @@ import itertools
 import json
 import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -1077,6 +1078,9 @@ def probe(args: argparse.Namespace) -> None:
     malloc_trim()
     trimmed = rss_kb()
     persons = len(store.persons)
+    sizes = deep_sizes(store, 2000)
+    tables = attrs_tables(store, 2000)
+    changes = churn_attributes(store, rounds=5, seed=args.seed)
     print(
         "PROBE "
         + json.dumps(
@@ -1087,11 +1091,44 @@ def probe(args: argparse.Namespace) -> None:
                 "rss_before_kb": before,
                 "rss_after_kb": after,
                 "rss_after_trim_kb": trimmed,
-                "sizes": deep_sizes(store, 2000),
+                "sizes": sizes,
+                "attrs_table": tables,
+                "churn_changes": changes,
+                "attrs_table_churned": attrs_tables(store, 2000),
             }
         ),
         flush=True,
     )
+
+
+def attrs_tables(store: Any, sample: int) -> float:
+    """Average size of a person's attribute dict itself (its hash table, not the values)."""
+    pids = list(store.persons)[:sample]
+    return sum(sys.getsizeof(store.persons[pid].attrs) for pid in pids) / max(len(pids), 1)
+
+
+def churn_attributes(store: Any, rounds: int, seed: int) -> int:
+    """Attribute changes on the restored persons, as a long run brings them: each round
+    changes one attribute of every person, 30 % of them unsets (set again in a later
+    round). Applied as the consume loop does (``Engine.apply``); returns the change count."""
+    from stream_sync.engine import Engine
+    from stream_sync.events import AttributeChange
+    from stream_sync.statewriter import StateWriter
+
+    engine = Engine(store, [], StateWriter(None, "unused"))
+    rng = random.Random(seed)
+    names = sorted({name for p in list(store.persons.values())[:100] for name in p.attrs})
+    changes = 0
+    for r in range(rounds):
+        for pid, person in list(store.persons.items()):
+            name = rng.choice(names)
+            if rng.random() < 0.3:
+                event = AttributeChange(pid, {}, (name,), r)
+            else:
+                event = AttributeChange(pid, {name: f"{name}-{rng.randrange(50)}"}, (), r)
+            engine.apply(event, person.partition)
+            changes += 1
+    return changes
 
 
 def deep_sizes(store: Any, sample: int) -> dict[str, float]:
@@ -1179,6 +1216,11 @@ def restore(ctx: Ctx) -> None:
         "    Python objects per person: "
         + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(sizes.items(), key=lambda kv: -kv[1]))
         + f" (sum {sum(sizes.values()):,.0f} bytes)"
+    )
+    print(
+        f"    attribute dict of a person: {memory['attrs_table']:,.0f} bytes after the restore, "
+        f"{memory['attrs_table_churned']:,.0f} after {fmt(memory['churn_changes'])} changes "
+        "(30 % unsets, set again later)"
     )
     if service:
         print(

@@ -17,6 +17,7 @@ from stream_sync import metrics
 from stream_sync.state import (
     BatchIntent,
     Person,
+    compacted,
     decode_control,
     decode_intent,
     decode_person_into,
@@ -125,8 +126,8 @@ def _apply(
         act = activation.decode()
         person = state.persons.get(pid)
         if value is None:
-            if person is not None:
-                person.sync.pop(act, None)
+            if person is not None and person.sync.pop(act, None) is not None:
+                person.sync = compacted(person.sync)
             return
         if person is None:
             person = state.persons[pid] = Person(state.partition)

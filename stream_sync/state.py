@@ -25,7 +25,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -187,6 +187,9 @@ class BatchIntent:
 # --- applying input events to the source view ------------------------------------------
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
 _NO_SEGMENTS: frozenset[str] = frozenset()
 _SEGMENT_SETS: dict[frozenset[str], frozenset[str]] = {_NO_SEGMENTS: _NO_SEGMENTS}
 
@@ -201,6 +204,18 @@ def segment_set(segments: Iterable[str]) -> frozenset[str]:
             return key
         pooled = _SEGMENT_SETS[key] = frozenset(sys.intern(s) for s in key)
     return pooled
+
+
+def compacted(d: dict[_K, _V]) -> dict[_K, _V]:
+    """``d`` rebuilt at the size its entries need, after a deletion.
+
+    A deleted key leaves a dummy slot until the dict is rebuilt, and an insertion that finds
+    no free slot rebuilds it for three times its entries: a person's attributes churned by
+    unsets and sets grew from 272 to 464 bytes (10 attributes), 184 to 272 (4), for good.
+    Rebuilt from its items, the dict is sized for what it holds (``dict(d)`` and ``d.copy()``
+    may keep the bigger table).
+    """
+    return dict(d.items())
 
 
 def apply_membership(person: Person, event: MembershipChange) -> bool:
@@ -221,11 +236,13 @@ def apply_attributes(person: Person, event: AttributeChange) -> set[str]:
     """Apply ``set`` then ``unset`` (a null in ``set`` unsets); return the changed names."""
     changed: set[str] = set()
     attrs = person.attrs
+    removed = False
     for name, value in event.set.items():
         if value is None:
             if name in attrs:
                 del attrs[name]
                 changed.add(name)
+                removed = True
         else:
             old = attrs.get(name, _MISSING)
             if old is _MISSING:
@@ -238,19 +255,22 @@ def apply_attributes(person: Person, event: AttributeChange) -> set[str]:
         if name in attrs:
             del attrs[name]
             changed.add(name)
+            removed = True
+    if removed:
+        person.attrs = compacted(attrs)
     return changed
 
 
 def apply_attributes_changed(person: Person, event: AttributeChange) -> bool:
     """:func:`apply_attributes` returning only whether anything changed (no set of names):
     the consume loop's path while a partition catches up, when nothing is marked dirty."""
-    changed = False
+    changed = removed = False
     attrs = person.attrs
     for name, value in event.set.items():
         if value is None:
             if name in attrs:
                 del attrs[name]
-                changed = True
+                changed = removed = True
         else:
             old = attrs.get(name, _MISSING)
             if old is _MISSING:
@@ -262,7 +282,9 @@ def apply_attributes_changed(person: Person, event: AttributeChange) -> bool:
     for name in event.unset:
         if name in attrs:
             del attrs[name]
-            changed = True
+            changed = removed = True
+    if removed:
+        person.attrs = compacted(attrs)
     return changed
 
 

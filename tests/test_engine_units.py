@@ -274,3 +274,94 @@ def test_destination_requests_leave_no_reference_cycles() -> None:
 
     with TestDestination() as dest:
         assert anyio.run(run, dest.url("d")) == 0
+
+
+@pytest.mark.parametrize("path", ["apply_attributes", "apply_attributes_changed"])
+@pytest.mark.parametrize("width", [4, 10])
+def test_attributes_churned_by_unsets_stay_at_their_fresh_size(path: str, width: int) -> None:
+    """A deleted key leaves a dummy slot; without a rebuild, the next insertion that finds no
+    free slot resizes the dict for three times its entries, and the person keeps the bigger
+    table for good (memory per tracked person grew with the run's age, and RSS crept)."""
+    import random
+    import sys
+
+    from stream_sync import state
+    from stream_sync.events import AttributeChange
+
+    apply = getattr(state, path)
+    names = [f"attr{i}" for i in range(width)]
+    rng = random.Random(7)
+    p = Person(0)
+    apply(p, AttributeChange("p", dict.fromkeys(names, "v0"), (), 0))
+    for i in range(500):
+        name = rng.choice(names)
+        if rng.random() < 0.3:
+            event = AttributeChange("p", {}, (name,), i)
+        else:
+            event = AttributeChange("p", {name: f"v{i}"}, (), i)
+        apply(p, event)
+        fresh = {k: v for k, v in p.attrs.items()}  # what the same entries need
+        assert sys.getsizeof(p.attrs) == sys.getsizeof(fresh), (i, len(p.attrs))
+    assert sys.getsizeof(p.attrs) <= sys.getsizeof({name: None for name in names})
+
+
+def _worker(store: Any, activation: str = "a") -> Any:
+    """An activation worker on ``store`` without Kafka or a destination behind it."""
+    from dataclasses import replace
+
+    from stream_sync.engine import ActivationWorker
+    from stream_sync.statewriter import StateWriter, WarningSink
+
+    return ActivationWorker(
+        replace(plan(), id=activation),
+        "d",
+        _Plain("d"),
+        max_size=100,
+        max_wait_ms=200,
+        store=store,
+        writer=StateWriter(None, "state"),
+        warnings=WarningSink(None, "warnings"),
+        dry_run=None,
+        on_stopped=lambda _: None,
+    )
+
+
+def test_a_person_leaving_and_coming_back_keeps_a_compact_sync_dict() -> None:
+    """The engine drops a sync record (mirror delete acknowledged) and sets it again on the
+    next ENTER, over and over: the person's sync dict stays at its fresh size."""
+    import sys
+
+    from stream_sync.engine import Store
+
+    store = Store()
+    p = store.get_or_create("p", 0)
+    p.sync["other"] = synced({"name": "Ann"})
+    workers = [_worker(store, "act0"), _worker(store, "act1")]
+    for _ in range(50):
+        for w in workers:
+            w._set_record("p", p, synced({"name": "Ann"}), persist=False)
+        for w in workers:
+            w._set_record("p", p, None, persist=False)
+        assert sys.getsizeof(p.sync) == sys.getsizeof({k: v for k, v in p.sync.items()})
+    assert list(p.sync) == ["other"]
+
+
+def test_a_restore_through_sync_tombstones_keeps_a_compact_sync_dict() -> None:
+    """Restoring a state partition not compacted yet replays a person's sync records and
+    their tombstones (left, came back, ...): the restored sync dict is at its fresh size."""
+    import sys
+
+    from stream_sync.restore import PartitionState, _apply
+
+    state = PartitionState(0)
+    pool: dict[str, str] = {}
+    record = encode_sync(synced({"name": "Ann"}))
+    _apply(state, b"sync/keep/p", record, pool)
+    for _ in range(20):
+        for act in ("a", "b", "c"):
+            _apply(state, f"sync/{act}/p".encode(), record, pool)
+        for act in ("a", "b", "c"):
+            _apply(state, f"sync/{act}/p".encode(), None, pool)
+    sync = state.persons["p"].sync
+    assert list(sync) == ["keep"]
+    assert sys.getsizeof(sync) == sys.getsizeof({k: v for k, v in sync.items()})

@@ -64,6 +64,10 @@ class Store:
         self.ready: set[int] = set()  # restored and caught up: reconcilable
         #: activation id → resync token requested (``replay --full-resync``)
         self.resync: dict[str, str] = {}
+        #: the consume loop's clock, set once per poll: a person marked dirty holds this
+        #: float (shared by every mark of the poll) instead of a float of its own, 24 bytes
+        #: per person of a backlog
+        self.now = time.monotonic()
 
     def owns(self, partition: int) -> bool:
         return partition in self.by_partition
@@ -167,7 +171,7 @@ class ActivationWorker:
             self.held_deletes.discard(person_id)
         dirty = self.dirty
         if person_id not in dirty:
-            dirty[person_id] = time.monotonic()
+            dirty[person_id] = self.store.now
             # wake the lanes when work appears and when a full batch is ready (not again for
             # every further person: a backlog scan marks 100,000s)
             if len(dirty) == 1 or len(dirty) % self.max_size == 0:

@@ -321,7 +321,7 @@ class Service:
         apply = self.engine.apply
         while not self.stopping:
             messages = await to_thread.run_sync(self.consumer.consume, 1000, CONSUME_WAIT_S)
-            self.last_poll = time.monotonic()
+            self.last_poll = self.store.now = time.monotonic()
             if self._events:
                 await self._handle_rebalance()
                 messages = self._current(messages)

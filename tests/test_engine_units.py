@@ -346,6 +346,24 @@ def test_a_person_leaving_and_coming_back_keeps_a_compact_sync_dict() -> None:
     assert list(p.sync) == ["other"]
 
 
+def test_persons_marked_dirty_in_one_poll_share_its_timestamp() -> None:
+    """A backlog costs its person ids, not a float per person: every mark of one poll holds
+    the loop's clock, and the batch window counts from there."""
+    from stream_sync.engine import Store
+
+    store = Store()
+    w = _worker(store)
+    store.now = 1000.25
+    for i in range(500):
+        w.mark(f"p{i}")
+    store.now = 1000.5
+    w.mark("p0")  # already dirty: keeps its first mark
+    w.mark("late")
+    assert {id(t) for pid, t in w.dirty.items() if pid != "late"} == {id(w.dirty["p0"])}
+    assert w.dirty["p0"] == 1000.25
+    assert w.dirty["late"] == 1000.5
+
+
 def test_a_restore_through_sync_tombstones_keeps_a_compact_sync_dict() -> None:
     """Restoring a state partition not compacted yet replays a person's sync records and
     their tombstones (left, came back, ...): the restored sync dict is at its fresh size."""

@@ -424,12 +424,16 @@ class ActivationWorker:
             )
         batch_id = uuid.uuid4().hex
         keys = []
+        acks = []
         for partition, ops in by_partition.items():
-            key = self.writer.write_intent(
+            key, ack = self.writer.write_intent(
                 partition, self.id, batch_id, BatchIntent(self.id, tuple(ops))
             )
             keys.append((partition, key))
-        await self.writer.flush()
+            acks.append(ack)
+        # durable before the send: these records (and, in order, what went before them in
+        # their partitions), not whatever the other activations produce meanwhile
+        await self.writer.delivered(acks)
         return keys
 
     async def _apply_split(self, ops: Sequence[Operation]) -> list[Outcome]:

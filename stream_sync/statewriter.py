@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,6 +73,20 @@ def _merge_offset(runs: list[list[int]], offset: int) -> None:
         runs.insert(i + 1, [offset, offset])
 
 
+class _Ack:
+    """The delivery report of one record, once librdkafka has served it."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.error: str | None = None
+
+
+#: how long one poll for awaited delivery reports blocks a worker thread
+_ACK_POLL_S = 0.01
+
+
 class _Producing:
     def __init__(self, producer: Any) -> None:
         self.producer = producer
@@ -127,9 +141,18 @@ class _Producing:
         return -1 if run is None else run[1]
 
     def produce(
-        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        on_delivery: Callable[[Any, Any], None] | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": self._on_delivery}
+        kwargs: dict[str, Any] = {
+            "key": key,
+            "value": value,
+            "on_delivery": on_delivery or self._on_delivery,
+        }
         if partition is not None:
             kwargs["partition"] = partition
         while True:
@@ -138,6 +161,32 @@ class _Producing:
                 return
             except BufferError:
                 self.producer.poll(0.05)
+
+    def produce_acked(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int
+    ) -> _Ack:
+        """Produce one record whose delivery :meth:`delivered` can wait for alone."""
+        ack = _Ack()
+
+        def report(err: Any, msg: Any) -> None:
+            self._on_delivery(err, msg)
+            ack.error = None if err is None else str(err)
+            ack.done = True
+
+        self.produce(topic, key, value, partition, report)
+        return ack
+
+    async def delivered(self, acks: Iterable[_Ack]) -> None:
+        """Wait until these records are acknowledged (raise StateWriteFailed if one, or any
+        write before, failed). Unlike :meth:`flush`, records produced meanwhile by other
+        tasks are not waited for: a flush under steady production lasts as long as the
+        production does."""
+        pending = [ack for ack in acks if not ack.done]
+        while pending:
+            await anyio.to_thread.run_sync(self.producer.poll, _ACK_POLL_S)
+            pending = [ack for ack in pending if not ack.done]
+        if self.error is not None:
+            raise StateWriteFailed(self.error)
 
     async def flush(self) -> None:
         while True:
@@ -223,11 +272,13 @@ class StateWriter(_Producing):
 
     def write_intent(
         self, partition: int, activation: str, batch_id: str, intent: BatchIntent
-    ) -> bytes:
+    ) -> tuple[bytes, _Ack]:
+        """The batch's intended operations of ``partition``; await :meth:`delivered` on the
+        returned acknowledgement before sending."""
         key = intent_key(activation, batch_id)
-        self.produce(self.topic, key, encode_intent(intent), partition)
+        ack = self.produce_acked(self.topic, key, encode_intent(intent), partition)
         _INTENT_WRITES.inc()
-        return key
+        return key, ack
 
     def tombstone(self, partition: int, key: bytes) -> None:
         self.produce(self.topic, key, None, partition)

@@ -1028,7 +1028,7 @@ def produce_state(ctx: Ctx, topic: str, persons: int, seed: int) -> int:
     return count
 
 
-def run_probe(ctx: Ctx, topic: str) -> dict[str, Any]:
+def run_probe(ctx: Ctx, topic: str, churn_rounds: int = 0) -> dict[str, Any]:
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -1039,6 +1039,8 @@ def run_probe(ctx: Ctx, topic: str) -> dict[str, Any]:
         "_probe",
         "--topic",
         topic,
+        "--churn-rounds",
+        str(churn_rounds),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=ctx.args.timeout)
     for line in out.stdout.splitlines():
@@ -1080,7 +1082,7 @@ def probe(args: argparse.Namespace) -> None:
     persons = len(store.persons)
     sizes = deep_sizes(store, 2000)
     tables = attrs_tables(store, 2000)
-    changes = churn_attributes(store, rounds=5, seed=args.seed)
+    changes = churn_attributes(store, rounds=args.churn_rounds, seed=args.seed)
     print(
         "PROBE "
         + json.dumps(
@@ -1187,7 +1189,7 @@ def restore(ctx: Ctx) -> None:
         f"{time.monotonic() - started:.1f}s"
     )
     timing = run_probe(ctx, big)
-    memory = run_probe(ctx, small)
+    memory = run_probe(ctx, small, churn_rounds=5)
     service: dict[str, Any] = {}
     if not args.no_service_restore:
         service = restore_service(ctx, big, small, persons_big, args.memory_persons)
@@ -1445,6 +1447,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, help="per-run convergence timeout, s")
     parser.add_argument("--keep-topics", action="store_true", help="do not delete the topics")
     parser.add_argument("--topic", help=argparse.SUPPRESS)
+    parser.add_argument("--churn-rounds", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if isinstance(args.figures, str):
         args.figures = [args.figures]

@@ -74,13 +74,13 @@ def _merge_offset(runs: list[list[int]], offset: int) -> None:
 
 
 class _Ack:
-    """The delivery report of one record, once librdkafka has served it."""
+    """Whether librdkafka has served the delivery report of one record (a failure is in
+    ``_Producing.error`` and ``failed_partitions``, like any write's)."""
 
-    __slots__ = ("done", "error")
+    __slots__ = ("done",)
 
     def __init__(self) -> None:
         self.done = False
-        self.error: str | None = None
 
 
 #: how long one poll for awaited delivery reports blocks a worker thread
@@ -170,7 +170,6 @@ class _Producing:
 
         def report(err: Any, msg: Any) -> None:
             self._on_delivery(err, msg)
-            ack.error = None if err is None else str(err)
             ack.done = True
 
         self.produce(topic, key, value, partition, report)

@@ -122,6 +122,14 @@ def rss_kb(pid: int | str = "self", field: str = "VmRSS") -> int:
     return 0
 
 
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU of a process (all its threads), or of one of its threads."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def malloc_trim() -> None:
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -689,6 +697,14 @@ def throughput(ctx: Ctx) -> None:
             f"HTTP requests {r['requests']}, peak RSS {r['peak_rss_mb']:.0f} MB, "
             f"exit code {r['exit_code']}"
         )
+        if r.get("cpu_s") is not None:
+            # wall time the process did not spend on a core: waits (broker, destination) or
+            # time it was runnable but the two cores were busy with the broker and this script
+            print(
+                f"    service CPU {r['cpu_s']:.1f} s from process start to done "
+                f"({r['cpu_s'] / r['wall_s']:.2f} of a core; event-loop thread "
+                f"{r['main_cpu_s']:.1f} s)"
+            )
         if r["profile"] != "none" and r["profile_path"]:
             print(f"  hotspots ({r['profile_path']}):")
             if r["profile"] == "py-spy":
@@ -750,6 +766,9 @@ def throughput_run(
             sum(dest.requests_of(a.namespace) for a in ACTIVATIONS) if dest is not None else 0
         )
         peak = svc.rss_kb("VmHWM") / 1024
+        cpu = main_cpu = None
+        with contextlib.suppress(OSError):
+            cpu, main_cpu = cpu_seconds(svc.pid), cpu_seconds(svc.pid, svc.pid)
     finally:
         exit_code = svc.stop()
         watch.close()
@@ -783,6 +802,8 @@ def throughput_run(
         "ops": ops,
         "requests": requests,
         "peak_rss_mb": peak,
+        "cpu_s": cpu,
+        "main_cpu_s": main_cpu,
         "exit_code": exit_code,
     }
 

@@ -38,13 +38,21 @@ def _listening() -> socket.socket:
     return sock
 
 
+def _start_with_one_taken(
+    taken_role: str, home: Path
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Start with the plaintext or the controller port held by this process; the other free."""
+    with _listening() as taken, _listening() as probe:
+        free = probe.getsockname()[1]
+        probe.close()
+        busy = taken.getsockname()[1]
+        port, controller = (busy, free) if taken_role == "plaintext" else (free, busy)
+        proc = _start({"KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller)}, home)
+    return proc, busy
+
+
 def test_a_taken_port_fails_the_start_and_names_who_holds_it(tmp_path: Path) -> None:
-    with _listening() as taken, _listening() as free_probe:
-        port = taken.getsockname()[1]
-        # the controller port must be free so that the plaintext port is the one reported
-        controller = free_probe.getsockname()[1]
-        free_probe.close()
-        proc = _start({"KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller)}, tmp_path)
+    proc, port = _start_with_one_taken("plaintext", tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout == ""  # stdout carries only a bootstrap address, and there is none
     assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr
@@ -57,11 +65,7 @@ def test_a_taken_port_fails_the_start_and_names_who_holds_it(tmp_path: Path) -> 
 
 
 def test_a_taken_controller_port_fails_the_start_too(tmp_path: Path) -> None:
-    with _listening() as taken, _listening() as free_probe:
-        controller = taken.getsockname()[1]
-        port = free_probe.getsockname()[1]
-        free_probe.close()
-        proc = _start({"KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller)}, tmp_path)
+    proc, controller = _start_with_one_taken("controller", tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert f"port {controller} on 127.0.0.1 is already in use" in proc.stderr
     assert not (tmp_path / "kafka").exists()

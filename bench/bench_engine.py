@@ -698,8 +698,8 @@ def throughput(ctx: Ctx) -> None:
             f"exit code {r['exit_code']}"
         )
         if r.get("cpu_s") is not None:
-            # wall time the process did not spend on a core: waits (broker, destination) or
-            # time it was runnable but the two cores were busy with the broker and this script
+            # below 1 core: waits (broker, destination), or runnable while the two cores ran
+            # the broker and this script; the CPU seconds themselves vary from run to run
             print(
                 f"    service CPU {r['cpu_s']:.1f} s from process start to done "
                 f"({r['cpu_s'] / r['wall_s']:.2f} of a core; event-loop thread "

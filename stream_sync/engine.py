@@ -48,7 +48,6 @@ from stream_sync.state import (
     apply_attributes_changed,
     apply_deleted,
     apply_membership,
-    compacted,
 )
 from stream_sync.statewriter import StateWriter, WarningSink
 
@@ -498,8 +497,7 @@ class ActivationWorker:
     ) -> None:
         self.synced_count += _is_synced(record) - _is_synced(person.sync.get(self.id))
         if record is None:
-            if person.sync.pop(self.id, None) is not None:
-                person.sync = compacted(person.sync)  # a person leaving and coming back
+            person.drop_sync(self.id)
         else:
             person.sync[self.id] = record
         if persist:

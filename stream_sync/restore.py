@@ -17,7 +17,6 @@ from stream_sync import metrics
 from stream_sync.state import (
     BatchIntent,
     Person,
-    compacted,
     decode_control,
     decode_intent,
     decode_person_into,
@@ -126,8 +125,8 @@ def _apply(
         act = activation.decode()
         person = state.persons.get(pid)
         if value is None:
-            if person is not None and person.sync.pop(act, None) is not None:
-                person.sync = compacted(person.sync)
+            if person is not None:
+                person.drop_sync(act)
             return
         if person is None:
             person = state.persons[pid] = Person(state.partition)

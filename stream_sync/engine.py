@@ -278,9 +278,10 @@ class ActivationWorker:
             return self._take()
 
     def _ready_count(self) -> int:
-        if not self.in_flight:
-            return len(self.dirty)
-        return sum(1 for pid in self.dirty if pid not in self.in_flight)
+        # the persons dirty again while in flight wait for their batch: counted over the
+        # (at most lanes * max_size) in flight, not over a backlog of 100,000s
+        dirty = self.dirty
+        return len(dirty) - sum(1 for pid in self.in_flight if pid in dirty)
 
     def _take(self) -> list[str]:
         """The oldest dirty persons of ready partitions, not in flight, up to ``max_size``.

@@ -383,3 +383,19 @@ def test_a_restore_through_sync_tombstones_keeps_a_compact_sync_dict() -> None:
     sync = state.persons["p"].sync
     assert list(sync) == ["keep"]
     assert sys.getsizeof(sync) == sys.getsizeof({k: v for k, v in sync.items()})
+
+
+def test_ready_count_leaves_out_persons_dirty_again_while_in_flight() -> None:
+    """With two lanes a batch is in flight while the next is taken: the persons it holds that
+    were marked again wait for it (counted over the batch in flight, not the whole backlog)."""
+    from stream_sync.engine import Store
+
+    store = Store()
+    w = _worker(store)
+    for i in range(10):
+        w.mark(f"p{i}")
+    assert w._ready_count() == 10
+    w.in_flight.update({"p1", "p2", "gone"})  # p1, p2 dirty again; "gone" is not dirty
+    assert w._ready_count() == 8
+    w.in_flight.clear()
+    assert w._ready_count() == 10

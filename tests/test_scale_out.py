@@ -12,8 +12,16 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from stream_sync.events import AttributeChange
 from tests.fakes.test_destination import TestDestination
-from tests.harness import ServiceProcess, SyncEnv, activation, test_destination_config, wait_until
+from tests.harness import (
+    ServiceProcess,
+    SyncEnv,
+    activation,
+    log_events,
+    test_destination_config,
+    wait_until,
+)
 from tests.kafka_helpers import committed_offsets, end_offsets
 from tests.model import CUSTOM, FIELDS, Model, describe_diff, random_events
 
@@ -159,3 +167,79 @@ def test_two_instances_share_partitions_and_one_takes_over_after_sigkill(
     # redundant writes stay within B's batch in flight (design §5)
     assert dest.ns("d").noops <= MAX_SIZE, dest.ns("d").noops
     assert svc_a.terminate() == 0
+
+
+def test_a_rebalance_while_a_backlog_is_read_runs_its_callbacks_on_the_loop_thread(
+    env: SyncEnv, dest: TestDestination
+) -> None:
+    """After a non-empty batch the service calls consume() on its event-loop thread (no
+    hand-off to a worker thread while a backlog is read), so a member joining meanwhile has
+    its rebalance callbacks run there: the revoke still flushes and commits what was applied,
+    the assignment still sorts kept from restored partitions, and the destination converges."""
+    rng = random.Random(43)
+    model = Model()
+    destinations = {"d": test_destination_config(dest.url("d"))}
+    activations = [
+        activation(
+            "mir",
+            "d",
+            "mirror",
+            fields=FIELDS,
+            custom=CUSTOM,
+            max_size=MAX_SIZE,
+            max_wait_ms=100,
+            deletion_guard=False,
+        )
+    ]
+    config_a = env.write_config(destinations, activations, filename="a.yaml")
+    config_b = env.write_config(destinations, activations, filename="b.yaml")
+    svc_a = env.start(config_a)
+    wait_until(lambda: assigned(svc_a) == PARTITIONS, 60, what="A owns every partition")
+    persons = [f"p{i}" for i in range(2000)]
+    random_events(env, model, rng, persons=len(persons), count=4000)
+
+    # a backlog that takes A seconds to read: 400,000 city changes, encoded once, sent fast
+    cities = ["Paris", "Lyon", "Nice", "Lille", "Brest"]
+    payloads = [
+        (pid, env._encode(AttributeChange(pid, {"city": city}, (), 1)))
+        for city in cities
+        for pid in persons
+    ]
+    topic = env.topics["attributes"]
+    for _ in range(40):
+        for pid, value in payloads:
+            while True:
+                try:
+                    env._send(topic, pid, value)
+                    break
+                except BufferError:  # the producer's queue is full: let it drain
+                    env.producer.poll(0.05)
+    for pid in persons:  # the last word, known to the model
+        model.set(env, pid, {"city": rng.choice(cities)})
+    env.flush()
+    svc_b = env.start(config_b, ready=False)
+
+    def shared() -> bool:
+        a, b = assigned(svc_a), assigned(svc_b)
+        return a > 0 and b > 0 and a + b == PARTITIONS
+
+    wait_until(shared, 120, interval=0.5, what="both instances sharing the partitions")
+    consumed = metric(svc_a, "stream_sync_events_consumed_total") or 0
+    rebalance = [
+        e for e in log_events(svc_a) if e.get("event") in ("revoked", "assigned", "partitions_lost")
+    ]
+    # the first assignment came from a consume() that waits (in a worker thread); the revoke
+    # of B's joining from a consume() on the loop thread, A reading its backlog (the new
+    # assignment comes later, from the consume() that waits: nothing is assigned meanwhile)
+    assert rebalance[0]["event"] == "assigned" and rebalance[0]["on_loop_thread"] is False
+    joined = rebalance[1:]
+    assert [e["event"] for e in joined] == ["revoked", "assigned"], (joined, consumed)
+    assert joined[0]["on_loop_thread"] is True, (joined, consumed)
+    assert set(joined[0]["partitions"]) == set(range(PARTITIONS))
+    assert set(joined[1]["kept"]) == set(joined[1]["partitions"])  # eager: A keeps its share
+    assert len(joined[1]["partitions"]) == PARTITIONS - assigned(svc_b)
+
+    wait_all_committed(env, "both instances consuming their partitions")
+    wait_converged(dest, model.expected(), "convergence after a rebalance on the loop thread")
+    assert svc_a.terminate() == 0
+    assert svc_b.terminate() == 0

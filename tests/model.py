@@ -10,10 +10,32 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from tests.harness import SyncEnv
+from tests.harness import SyncEnv, activation, test_destination_config
 
 FIELDS = {"first_name": "first_name", "city": "city"}
 CUSTOM = ["plan"]
+
+
+def mirror_config(
+    env: SyncEnv, url: str, max_size: int, filename: str = "config.yaml"
+) -> tuple[Any, int]:
+    """One mirror activation of the mapped fields on the test destination at ``url``."""
+    return env.write_config(
+        {"d": test_destination_config(url)},
+        [
+            activation(
+                "mir",
+                "d",
+                "mirror",
+                fields=FIELDS,
+                custom=CUSTOM,
+                max_size=max_size,
+                max_wait_ms=100,
+                deletion_guard=False,  # the random churn deletes far more than 20 % an hour
+            )
+        ],
+        filename=filename,
+    )
 
 
 class Model:

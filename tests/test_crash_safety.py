@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.test_destination import TestDestination
-from tests.harness import SyncEnv, activation, test_destination_config, wait_until
-from tests.model import CUSTOM, FIELDS, Model, describe_diff, random_events
+from tests.harness import SyncEnv, wait_until
+from tests.model import Model, describe_diff, random_events
+from tests.model import mirror_config as model_mirror_config
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -27,21 +28,7 @@ def sync_partitions() -> int:
 
 
 def mirror_config(env: SyncEnv, dest: TestDestination) -> tuple[Path, int]:
-    return env.write_config(
-        {"d": test_destination_config(dest.url("d"))},
-        [
-            activation(
-                "mir",
-                "d",
-                "mirror",
-                fields=FIELDS,
-                custom=CUSTOM,
-                max_size=MAX_SIZE,
-                max_wait_ms=100,
-                deletion_guard=False,  # the random churn deletes far more than 20 % an hour
-            )
-        ],
-    )
+    return model_mirror_config(env, dest.url("d"), MAX_SIZE)
 
 
 def test_sigkill_with_batches_in_flight_converges(env: SyncEnv, dest: TestDestination) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,13 +18,11 @@ from tests.fakes.test_destination import TestDestination
 from tests.harness import (
     ServiceProcess,
     SyncEnv,
-    activation,
     log_events,
-    test_destination_config,
     wait_until,
 )
 from tests.kafka_helpers import committed_offsets, end_offsets
-from tests.model import CUSTOM, FIELDS, Model, describe_diff, random_events
+from tests.model import Model, describe_diff, mirror_config, random_events
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -85,6 +84,11 @@ def ready(svc: ServiceProcess) -> bool:
     return response is not None and response.status_code == 200
 
 
+def two_configs(env: SyncEnv, dest: TestDestination) -> tuple[tuple[Path, int], ...]:
+    """One config file per instance: same group, same everything, but its own HTTP port."""
+    return tuple(mirror_config(env, dest.url("d"), MAX_SIZE, name) for name in ("a.yaml", "b.yaml"))
+
+
 def last_assignment(svc: ServiceProcess) -> dict[str, Any]:
     """The process's last `assigned` log line (partitions, restored, kept)."""
     found: dict[str, Any] = {}
@@ -101,22 +105,7 @@ def test_two_instances_share_partitions_and_one_takes_over_after_sigkill(
 ) -> None:
     rng = random.Random(41)
     model = Model()
-    destinations = {"d": test_destination_config(dest.url("d"))}
-    activations = [
-        activation(
-            "mir",
-            "d",
-            "mirror",
-            fields=FIELDS,
-            custom=CUSTOM,
-            max_size=MAX_SIZE,
-            max_wait_ms=100,
-            deletion_guard=False,  # the random churn deletes far more than 20 % per hour
-        )
-    ]
-    # one config file each: same group, same everything, but its own HTTP port
-    config_a = env.write_config(destinations, activations, filename="a.yaml")
-    config_b = env.write_config(destinations, activations, filename="b.yaml")
+    config_a, config_b = two_configs(env, dest)
     assert config_a[1] != config_b[1]
     svc_a = env.start(config_a)
     svc_b = env.start(config_b)
@@ -178,21 +167,7 @@ def test_a_rebalance_while_a_backlog_is_read_runs_its_callbacks_on_the_loop_thre
     the assignment still sorts kept from restored partitions, and the destination converges."""
     rng = random.Random(43)
     model = Model()
-    destinations = {"d": test_destination_config(dest.url("d"))}
-    activations = [
-        activation(
-            "mir",
-            "d",
-            "mirror",
-            fields=FIELDS,
-            custom=CUSTOM,
-            max_size=MAX_SIZE,
-            max_wait_ms=100,
-            deletion_guard=False,
-        )
-    ]
-    config_a = env.write_config(destinations, activations, filename="a.yaml")
-    config_b = env.write_config(destinations, activations, filename="b.yaml")
+    config_a, config_b = two_configs(env, dest)
     svc_a = env.start(config_a)
     wait_until(lambda: assigned(svc_a) == PARTITIONS, 60, what="A owns every partition")
     persons = [f"p{i}" for i in range(2000)]

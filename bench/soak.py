@@ -30,10 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.fakes.test_destination import TestDestination  # noqa: E402
-from tests.harness import SyncEnv, activation, test_destination_config  # noqa: E402
-
-FIELDS = {"first_name": "first_name", "city": "city"}
-CUSTOM = ["plan"]
+from tests.harness import SyncEnv  # noqa: E402
+from tests.model import CUSTOM, FIELDS, mirror_config  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -107,21 +105,7 @@ def main() -> int:
     model = Model()
     dest = TestDestination().start()
     dest.fail_rate(0.05, statuses=(429, 500))
-    config = env.write_config(
-        {"d": test_destination_config(dest.url("d"), retry={"max_backoff_s": 5})},
-        [
-            activation(
-                "mir",
-                "d",
-                "mirror",
-                fields=FIELDS,
-                custom=CUSTOM,
-                max_size=500,
-                max_wait_ms=200,
-                deletion_guard=False,
-            )
-        ],
-    )
+    config = mirror_config(env, dest.url("d"), 500, max_wait_ms=200, retry={"max_backoff_s": 5})
     svc = env.start(config)
     pid = svc.proc.pid
     print(f"soak: {args.minutes:g} min at {args.rate} events/s, logs in {workdir}", flush=True)

@@ -69,13 +69,11 @@ class Person:
     def forgettable(self) -> bool:
         return self.is_empty() and not self.sync
 
-    def drop_sync(self, activation: str) -> bool:
-        """Forget this activation's sync record; return whether there was one. The dict is
-        rebuilt at its size (see :func:`compacted`): a person leaving and coming back."""
-        if self.sync.pop(activation, None) is None:
-            return False
-        self.sync = compacted(self.sync)
-        return True
+    def drop_sync(self, activation: str) -> None:
+        """Forget this activation's sync record, if any. The dict is rebuilt at its size (see
+        :func:`compacted`): a person leaving and coming back."""
+        if self.sync.pop(activation, None) is not None:
+            self.sync = compacted(self.sync)
 
 
 class SyncRecord:

@@ -17,11 +17,18 @@ CUSTOM = ["plan"]
 
 
 def mirror_config(
-    env: SyncEnv, url: str, max_size: int, filename: str = "config.yaml"
+    env: SyncEnv,
+    url: str,
+    max_size: int,
+    filename: str = "config.yaml",
+    *,
+    max_wait_ms: int = 100,
+    **destination: Any,
 ) -> tuple[Any, int]:
-    """One mirror activation of the mapped fields on the test destination at ``url``."""
+    """One mirror activation of the mapped fields on the test destination at ``url``
+    (``destination``: more keys of the destination's config, such as ``retry``)."""
     return env.write_config(
-        {"d": test_destination_config(url)},
+        {"d": test_destination_config(url, **destination)},
         [
             activation(
                 "mir",
@@ -30,7 +37,7 @@ def mirror_config(
                 fields=FIELDS,
                 custom=CUSTOM,
                 max_size=max_size,
-                max_wait_ms=100,
+                max_wait_ms=max_wait_ms,
                 deletion_guard=False,  # the random churn deletes far more than 20 % an hour
             )
         ],

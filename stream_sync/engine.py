@@ -38,8 +38,7 @@ from stream_sync.reconcile import (
     record_after,
 )
 from stream_sync.state import (
-    BatchIntent,
-    IntendedOp,
+    IntentRow,
     OpKind,
     Person,
     SyncRecord,
@@ -312,15 +311,19 @@ class ActivationWorker:
         return taken
 
     async def _process(self, person_ids: Sequence[str]) -> None:
-        token = self.store.resync.get(self.id)
+        act = self.id
+        token = self.store.resync.get(act)
         pending: list[_Pending] = []
         persist = self.dry_run is None
-        for pid in person_ids:
-            person = self.store.persons.get(pid)
+        persons = self.store.persons
+        plan = self.plan
+        for pid in person_ids:  # once per person taken
+            person = persons.get(pid)
             if person is None:
                 continue
-            decision = reconcile(self.plan, pid, person, token)
-            self._emit(decision.warnings, pid)
+            decision = reconcile(plan, pid, person, token)
+            if decision.warnings:
+                self._emit(decision.warnings, pid)
             if decision.kind is DecisionKind.PENDING:
                 self.pending_identifier.add(pid)
                 continue
@@ -329,7 +332,7 @@ class ActivationWorker:
                 self._set_record(pid, person, decision.record, persist)
             elif decision.kind is DecisionKind.SEND and decision.op is not None:
                 pending.append(
-                    _Pending(pid, person, decision.op, decision.desired, person.sync.get(self.id))
+                    _Pending(pid, person, decision.op, decision.desired, person.sync.get(act))
                 )
         metrics.PENDING_IDENTIFIER.labels(self.id).set(len(self.pending_identifier))
         if self.guard is not None and pending:
@@ -416,19 +419,19 @@ class ActivationWorker:
         log.warning("deletion_guard_released", activation=self.id, deletes=len(held))
 
     async def _write_intents(self, pending: Sequence[_Pending]) -> list[tuple[int, bytes]]:
-        by_partition: dict[int, list[IntendedOp]] = {}
+        # once per operation: a row each, no IntendedOp (the record is the same)
+        by_partition: dict[int, list[IntentRow]] = {}
         for p in pending:
             op = p.op
-            by_partition.setdefault(p.person.partition, []).append(
-                IntendedOp(p.person_id, op.kind, op.identifier, tuple(op.fields), op.clears)
-            )
+            rows = by_partition.get(p.person.partition)
+            if rows is None:
+                rows = by_partition[p.person.partition] = []
+            rows.append((p.person_id, op.kind, op.identifier, tuple(op.fields), op.clears))
         batch_id = uuid.uuid4().hex
         keys = []
         acks = []
-        for partition, ops in by_partition.items():
-            key, ack = self.writer.write_intent(
-                partition, self.id, batch_id, BatchIntent(self.id, tuple(ops))
-            )
+        for partition, rows in by_partition.items():
+            key, ack = self.writer.write_intent_rows(partition, self.id, batch_id, rows)
             keys.append((partition, key))
             acks.append(ack)
         # durable before the send: these records (and, in order, what went before them in
@@ -459,22 +462,25 @@ class ActivationWorker:
         *,
         persist: bool,
     ) -> None:
-        counts: dict[tuple[str, str], int] = {}
+        # once per operation: counted by enum members (an enum's ``.value`` is a property
+        # call), labelled once per kind and outcome at the end
+        counts: dict[tuple[OpKind, bool, OutcomeKind], int] = {}
         persons = self.store.persons
         for p, outcome in zip(pending, outcomes, strict=True):
             op = p.op
-            key = (_op_label(op), outcome.kind.value)
+            key = (op.kind, op.full, outcome.kind)
             counts[key] = counts.get(key, 0) + 1
             if persons.get(p.person_id) is not p.person:
                 continue  # partition revoked meanwhile: the new owner resolves the intent
-            for problem in outcome.attribute_problems:
-                self._warn(
-                    "attribute_rejected",
-                    problem.reason,
-                    problem.message,
-                    p.person_id,
-                    attribute=self._source_of.get(problem.field, problem.field),
-                )
+            if outcome.attribute_problems:
+                for problem in outcome.attribute_problems:
+                    self._warn(
+                        "attribute_rejected",
+                        problem.reason,
+                        problem.message,
+                        p.person_id,
+                        attribute=self._source_of.get(problem.field, problem.field),
+                    )
             if outcome.kind is OutcomeKind.REJECTED:
                 self._warn(
                     "rejected",
@@ -487,16 +493,20 @@ class ActivationWorker:
             if op.kind is OpKind.DELETE and outcome.kind is OutcomeKind.APPLIED and self.guard:
                 self.guard.note_deleted(1)
         self.sent_operations += len(pending)
-        for key, n in counts.items():  # one metric update per kind and outcome, not per op
-            counter = self._ops_metric.get(key)
+        for (kind, full, result), n in counts.items():  # one metric update per label pair
+            label = (_op_label(kind, full), result.value)
+            counter = self._ops_metric.get(label)
             if counter is None:
-                counter = self._ops_metric[key] = metrics.OPERATIONS.labels(self.id, *key)
+                counter = self._ops_metric[label] = metrics.OPERATIONS.labels(self.id, *label)
             counter.inc(n)
 
     def _set_record(
         self, person_id: str, person: Person, record: SyncRecord | None, persist: bool
     ) -> None:
-        self.synced_count += _is_synced(record) - _is_synced(person.sync.get(self.id))
+        before = person.sync.get(self.id)  # _is_synced inlined: once per operation
+        self.synced_count += (record is not None and record.status is SyncStatus.SYNCED) - (
+            before is not None and before.status is SyncStatus.SYNCED
+        )
         if record is None:
             person.drop_sync(self.id)
         else:
@@ -506,7 +516,7 @@ class ActivationWorker:
         if record is None:
             self.store.forget_if_empty(person_id)
 
-    def _emit(self, warnings: list[Warning_], person_id: str) -> None:
+    def _emit(self, warnings: Sequence[Warning_], person_id: str) -> None:
         for w in warnings:
             self._warn(w.kind, w.reason, w.message, person_id, attribute=w.attribute)
 
@@ -564,10 +574,10 @@ def _is_synced(record: SyncRecord | None) -> int:
     return 1 if record is not None and record.status is SyncStatus.SYNCED else 0
 
 
-def _op_label(op: Operation) -> str:
-    if op.kind is OpKind.DELETE:
+def _op_label(kind: OpKind, full: bool) -> str:
+    if kind is OpKind.DELETE:
         return "delete"
-    return "create" if op.full else "update"
+    return "create" if full else "update"
 
 
 class Engine:

@@ -7,11 +7,12 @@ between two flushes become one operation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
 from stream_sync.destinations.base import (
+    Adapter,
     AttributeProblem,
     Operation,
     Outcome,
@@ -39,11 +40,16 @@ class ActivationPlan:
     supports_reference: bool = False
     source_attributes: frozenset[str] = frozenset()
     custom_fields: frozenset[str] = frozenset()
+    #: ``format_field`` is :meth:`Adapter.format_field` itself (only :func:`canonical`): the
+    #: reconciliation of each operation applies it inline instead of two calls per field
+    canonical_fields: bool = False
 
     def __post_init__(self) -> None:
         sources = frozenset({self.identifier_attr, *(f[0] for f in self.fields)})
         object.__setattr__(self, "source_attributes", sources)
         object.__setattr__(self, "custom_fields", frozenset(f[1] for f in self.fields if f[3]))
+        plain = getattr(self.format_field, "__func__", None) is Adapter.format_field
+        object.__setattr__(self, "canonical_fields", plain)
 
 
 class DecisionKind(StrEnum):
@@ -67,7 +73,7 @@ class Decision:
     op: Operation | None = None
     record: SyncRecord | None = None
     desired: dict[str, Value] | None = None
-    warnings: list[Warning_] = field(default_factory=list)
+    warnings: Sequence[Warning_] = ()
 
 
 @dataclass(slots=True)
@@ -83,6 +89,15 @@ def compute_desired(plan: ActivationPlan, person: Person, warnings: list[Warning
     identifier = plan.format_identifier(attrs[plan.identifier_attr])
     values: dict[str, Value] = {}
     skipped: set[str] = set()
+    if plan.canonical_fields:  # once per operation: canonical() inline
+        for src, dest, _, _ in plan.fields:
+            value = attrs.get(src)
+            if value is None:
+                continue
+            if type(value) is float and value.is_integer() and abs(value) < 2**53:
+                value = int(value)
+            values[dest] = value
+        return Desired(identifier, values, skipped)
     for src, dest, attr_type, custom in plan.fields:
         value = attrs.get(src)
         if value is None:

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import orjson
 
@@ -466,14 +466,27 @@ def decode_sync(data: bytes, pool: dict[str, str] | None = None) -> SyncRecord:
     return rec
 
 
+#: one intended operation as :func:`encode_intent_rows` takes it:
+#: ``(person_id, kind, identifier, fields, clears)``
+IntentRow: TypeAlias = tuple[str, OpKind, str | None, tuple[str, ...], tuple[str, ...]]
+
+
 def encode_intent(intent: BatchIntent) -> bytes:
     """``[activation, [[person_id, kind, identifier, fields, clears], ...]]`` as JSON after
     the version byte 2 (Avro when orjson cannot encode a value)."""
-    ops = [(op.person_id, op.kind.value, op.identifier, op.fields, op.clears) for op in intent.ops]
+    return encode_intent_rows(
+        intent.activation,
+        [(op.person_id, op.kind, op.identifier, op.fields, op.clears) for op in intent.ops],
+    )
+
+
+def encode_intent_rows(activation: str, rows: Sequence[IntentRow]) -> bytes:
+    """:func:`encode_intent` of rows built without an :class:`IntendedOp` each (the engine
+    writes one row per operation sent). orjson writes an ``OpKind`` as its value."""
     try:
-        return FORMAT_JSON + orjson.dumps((intent.activation, ops))
+        return FORMAT_JSON + orjson.dumps((activation, rows))
     except TypeError:
-        return statecodec.encode_intent(intent.activation, ops)
+        return statecodec.encode_intent(activation, rows)
 
 
 def decode_intent(data: bytes) -> BatchIntent:

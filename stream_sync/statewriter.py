@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,11 +14,13 @@ import structlog
 from stream_sync import metrics
 from stream_sync.state import (
     BatchIntent,
+    IntentRow,
     Person,
     SyncRecord,
     control_key,
     encode_control,
     encode_intent,
+    encode_intent_rows,
     encode_person_parts,
     encode_sync,
     intent_key,
@@ -274,8 +276,21 @@ class StateWriter(_Producing):
     ) -> tuple[bytes, _Ack]:
         """The batch's intended operations of ``partition``; await :meth:`delivered` on the
         returned acknowledgement before sending."""
+        return self._write_intent(partition, activation, batch_id, encode_intent(intent))
+
+    def write_intent_rows(
+        self, partition: int, activation: str, batch_id: str, rows: Sequence[IntentRow]
+    ) -> tuple[bytes, _Ack]:
+        """:meth:`write_intent` of rows (see :func:`~stream_sync.state.encode_intent_rows`)."""
+        return self._write_intent(
+            partition, activation, batch_id, encode_intent_rows(activation, rows)
+        )
+
+    def _write_intent(
+        self, partition: int, activation: str, batch_id: str, value: bytes
+    ) -> tuple[bytes, _Ack]:
         key = intent_key(activation, batch_id)
-        ack = self.produce_acked(self.topic, key, encode_intent(intent), partition)
+        ack = self.produce_acked(self.topic, key, value, partition)
         _INTENT_WRITES.inc()
         return key, ack
 

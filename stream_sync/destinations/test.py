@@ -29,17 +29,19 @@ from stream_sync.destinations.base import (
 )
 from stream_sync.http import DestinationHttp
 
+#: keyed by ``OpKind`` (a ``StrEnum``: its members find their string keys without ``.value``,
+#: a property call once per operation)
 _OPS = {"UPSERT": "upsert", "UPDATE": "update", "DELETE": "delete"}
 
 
 def _wire(op: Operation) -> dict[str, Any]:
     return {
         "person_id": op.person_id,
-        "op": _OPS[op.kind.value],
+        "op": _OPS[op.kind],
         "identifier": op.identifier,
         "ref": op.ref,
         "fields": op.fields,
-        "clears": list(op.clears),
+        "clears": op.clears,  # a tuple: a JSON array all the same
         "full": op.full,
         "previous_identifier": op.previous_identifier,
     }

@@ -10,6 +10,8 @@ end-to-end runs:
 - the adapter acknowledges every operation at once (no request is built);
 - the ``StateWriter`` is the real one on a stand-in producer that keeps each record and serves
   its delivery report on the next ``poll`` (the real callback, in the measuring thread);
+- the service's garbage-collector thresholds, and the state frozen after it is built (as
+  the service freezes it once its partitions are caught up);
 - two passes over ``--persons`` members: **create** (never synced: a full record each), then
   **update** (one mapped attribute changed: the changed field each).
 
@@ -39,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from stream_sync.destinations.base import Adapter, Operation, Outcome  # noqa: E402
 from stream_sync.engine import ActivationWorker, Store  # noqa: E402
 from stream_sync.reconcile import ActivationPlan  # noqa: E402
+from stream_sync.service import GC_THRESHOLDS  # noqa: E402
 from stream_sync.statewriter import StateWriter, WarningSink  # noqa: E402
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
@@ -174,6 +177,7 @@ def one_round(persons: int, max_size: int, seed: int) -> tuple[float, float, int
         return (time.process_time() - started) / persons * 1e6
 
     gc.collect()
+    gc.freeze()  # as the service does once partitions are caught up
     create = anyio.run(one_pass)
     for pid in ids:
         attrs = store.persons[pid].attrs
@@ -191,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-size", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
+    gc.set_threshold(*GC_THRESHOLDS)  # the service's (``stream-sync run``)
     rounds = [one_round(args.persons, args.max_size, seed) for seed in range(args.rounds)]
     creates = [r[0] for r in rounds]
     updates = [r[1] for r in rounds]

@@ -136,13 +136,11 @@ def _run(args: argparse.Namespace) -> int:
 
     import anyio
 
-    from stream_sync.service import Service, fix_mmap_threshold
+    from stream_sync.service import GC_THRESHOLDS, Service, fix_mmap_threshold
 
     config = _load(args.config)
     fix_mmap_threshold()
-    # the state is many small long-lived objects and holds no reference cycles: collect the
-    # young generation less often (fewer pauses on the hot path)
-    gc.set_threshold(50_000, 20, 20)
+    gc.set_threshold(*GC_THRESHOLDS)
     service = Service(config)
     return anyio.run(service.run)
 

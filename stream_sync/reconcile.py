@@ -176,8 +176,10 @@ def reconcile(
         or (resync_token is not None and sync.resync != resync_token)
     )
     if full:
-        previous = sync.values if sync is not None else {}
-        clears = tuple(f for f in previous if f not in desired.values and f not in desired.skipped)
+        clears: tuple[str, ...] = ()
+        if sync is not None:
+            values, skipped = desired.values, desired.skipped
+            clears = tuple([f for f in sync.values if f not in values and f not in skipped])
         ref = sync.ref if sync is not None else None
         op = Operation(
             person_id,
@@ -203,7 +205,8 @@ def reconcile(
     assert sync is not None
     synced = sync.values
     changed = {f: v for f, v in desired.values.items() if synced.get(f, _MISSING) != v}
-    clears = tuple(f for f in synced if f not in desired.values and f not in desired.skipped)
+    values, skipped = desired.values, desired.skipped
+    clears = tuple([f for f in synced if f not in values and f not in skipped])
     identifier = desired.identifier
     previous_identifier: str | None = None
     if sync.identifier is not None and identifier != sync.identifier:

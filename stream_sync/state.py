@@ -403,8 +403,8 @@ def encode_sync(rec: SyncRecord) -> bytes:
     byte 2 (written once per operation: 0.4 µs where the Avro codec takes 2 µs); Avro when
     orjson cannot encode a value."""
     try:
-        return FORMAT_PERSON_JSON + orjson.dumps(
-            (rec.status.value, rec.identifier, rec.ref, rec._names, rec._vals, rec.resync)
+        return FORMAT_PERSON_JSON + orjson.dumps(  # orjson writes the status as its value
+            (rec.status, rec.identifier, rec.ref, rec._names, rec._vals, rec.resync)
         )
     except TypeError:
         return statecodec.encode_sync(

@@ -671,6 +671,8 @@ def throughput(ctx: Ctx) -> None:
         if r is None:
             continue
         tag = r["kind"] + (f", under {r['profile']}" if r["profile"] != "none" else "")
+        if r["kind"] == "test" and args.dest_latency_ms:
+            tag += f", {args.dest_latency_ms} ms per request"
         print(f"  service [{tag}]")
         print(
             f"    from assignment to done      {fmt(r['rate']):>9} events/s "
@@ -726,6 +728,8 @@ def throughput_run(
     run = f"tp-{kind}" + ("" if profile == "none" else f"-{profile}")
     total = sum(ends.values())
     dest = BenchDestination().start() if kind == "test" else None
+    if dest is not None and args.dest_latency_ms:
+        dest.latency(args.dest_latency_ms / 1000)
     topics = ctx.service_topics(inputs, run)
     path, port, group = write_config(ctx, run, topics, dest)
     watch = OffsetWatch(ctx, group, ends)
@@ -1448,6 +1452,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run the throughput test under a profiler; print hotspots",
     )
     parser.add_argument("--commit-interval-ms", type=int, default=1000)
+    parser.add_argument(
+        "--dest-latency-ms",
+        type=int,
+        default=0,
+        help="throughput: the test destination answers each request this much later (0)",
+    )
     parser.add_argument("--rate", type=float, default=2000.0, help="latency: events/s")
     parser.add_argument("--duration", type=float, help="latency: measured seconds (60)")
     parser.add_argument("--warmup", type=float, help="latency: warm-up seconds (5)")

@@ -3,8 +3,9 @@
 Events update the source view and mark persons dirty per activation; one worker per activation
 drains its dirty set in batches (``max_size`` / ``max_wait_ms``), reconciles each person at that
 moment (so any number of changes become one operation), records an intent, sends, and records
-the outcome. Nothing here holds the input back: what an activation owes is always recomputable
-from state (design §5).
+the outcome. While a batch is at the destination the next full one (a backlog) is reconciled
+and its intent recorded, so it leaves as soon as the answer is in. Nothing here holds the
+input back: what an activation owes is always recomputable from state (design §5).
 """
 
 from __future__ import annotations
@@ -105,6 +106,16 @@ class _Pending:
     op: Operation
     desired: dict[str, Value] | None
     before: SyncRecord | None
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A batch reconciled and its intents durable: what is left is to send it."""
+
+    persons: list[str]  # every person taken (in flight until the batch is done)
+    pending: list[_Pending]  # their operations
+    token: str | None
+    intent_keys: list[tuple[int, bytes]]
 
 
 class ActivationWorker:
@@ -242,21 +253,125 @@ class ActivationWorker:
                 tg.start_soon(self._lane)
 
     async def _lane(self) -> None:
-        while self.running and not self.stopping:
-            batch = await self._next_batch()
-            if batch is None:
-                continue
-            if not batch:  # only persons of partitions not ready (rebalancing): wait
-                await anyio.sleep(0.05)
-                continue
-            self.batches_in_flight += 1
-            try:
-                await self._process(batch)
-            except FatalDestinationError as err:
-                self._stop(err)
-            finally:
-                self.batches_in_flight -= 1
-                self.in_flight.difference_update(batch)
+        # the next batch, prepared while this one was sent: its intents durable, not sent
+        ahead: _Prepared | None = None
+        try:
+            while self.running and not self.stopping:
+                if ahead is not None:
+                    prepared: _Prepared | None = self._still_ours(ahead)
+                    ahead = None
+                else:
+                    batch = await self._next_batch()
+                    if batch is None:
+                        continue
+                    if not batch:  # only persons of partitions not ready (rebalancing): wait
+                        await anyio.sleep(0.05)
+                        continue
+                    prepared = await self._prepare_taken(batch)
+                if prepared is None:
+                    continue
+                slot: list[_Prepared | Exception] = []
+                fatal: FatalDestinationError | None = None
+                try:
+                    async with anyio.create_task_group() as tg:
+                        if self._full_batch_waiting():
+                            tg.start_soon(self._prepare_ahead, slot)
+                        try:
+                            await self._send(prepared)
+                        except FatalDestinationError as err:
+                            fatal = err
+                            tg.cancel_scope.cancel()
+                        finally:
+                            self._done(prepared.persons)
+                finally:  # also when cancelled: a batch prepared meanwhile is abandoned
+                    for item in slot:
+                        if isinstance(item, _Prepared):
+                            ahead = item
+                for item in slot:
+                    if isinstance(item, Exception):
+                        raise item
+                if fatal is not None:
+                    self._stop(fatal)
+        finally:
+            if ahead is not None:
+                self._abandon(ahead)
+
+    def _full_batch_waiting(self) -> bool:
+        """Prepare the next batch during a send only when a full one waits (a backlog):
+        a partial batch keeps coalescing until this send is done, as without lookahead."""
+        return (
+            self.dry_run is None
+            and self.running
+            and not self.stopping
+            and self._ready_count() >= self.max_size
+        )
+
+    async def _prepare_ahead(self, slot: list[_Prepared | Exception]) -> None:
+        """Take the next batch, reconcile it and make its intents durable while the
+        previous batch is at the destination: it is sent once that one is done (still one
+        batch at the destination at a time per activation, design §5)."""
+        batch = self._take()
+        if not batch:
+            return
+        try:
+            prepared = await self._prepare_taken(batch)
+        except Exception as err:  # raised by the lane, outside the task group
+            slot.append(err)
+            return
+        if prepared is not None:
+            slot.append(prepared)
+
+    async def _prepare_taken(self, batch: list[str]) -> _Prepared | None:
+        """Reconcile ``batch`` (taken: in flight) and write its intents. None when there is
+        nothing to send (the batch is then done)."""
+        self.batches_in_flight += 1
+        try:
+            prepared = await self._prepare(batch)
+        except BaseException:
+            self._done(batch)
+            raise
+        if prepared is None:
+            self._done(batch)
+        return prepared
+
+    def _done(self, batch: Iterable[str]) -> None:
+        self.batches_in_flight -= 1
+        self.in_flight.difference_update(batch)
+
+    def _still_ours(self, ahead: _Prepared) -> _Prepared | None:
+        """A batch prepared ahead goes only to persons still reconcilable here: after a
+        rebalance meanwhile (partition revoked, restored again or moved), those are left to
+        their intent, which the partition's owner resolves, and marked again if still here."""
+        persons = self.store.persons
+        ready = self.store.ready
+        kept: list[_Pending] = []
+        for p in ahead.pending:
+            if persons.get(p.person_id) is not p.person:
+                continue  # the partition is gone (or was restored again): its owner's now
+            if p.person.partition in ready:
+                kept.append(p)
+            else:
+                self.mark(p.person_id)  # taken once its partition is ready again
+        if len(kept) == len(ahead.pending):
+            return ahead
+        if not kept:
+            self._abandon(ahead)
+            return None
+        ahead.pending = kept
+        return ahead
+
+    def _abandon(self, ahead: _Prepared) -> None:
+        """A batch prepared ahead and never sent (stopping, stopped, or the lane failed):
+        nothing of it reached the destination, so its intents are withdrawn and its persons
+        owe their operations again."""
+        for partition, key in ahead.intent_keys:
+            if self.store.owns(partition):
+                self.writer.tombstone(partition, key)
+        persons = self.store.persons
+        for p in ahead.pending:
+            if persons.get(p.person_id) is p.person:
+                self.mark(p.person_id)
+        self._done(ahead.persons)
 
     async def _next_batch(self) -> list[str] | None:
         while True:
@@ -310,7 +425,9 @@ class ActivationWorker:
         in_flight.update(taken)
         return taken
 
-    async def _process(self, person_ids: Sequence[str]) -> None:
+    async def _prepare(self, person_ids: list[str]) -> _Prepared | None:
+        """Reconcile the persons taken; record what needs no request; write the intents of
+        the operations (durable when this returns). None: nothing to send."""
         act = self.id
         token = self.store.resync.get(act)
         pending: list[_Pending] = []
@@ -338,18 +455,24 @@ class ActivationWorker:
         if self.guard is not None and pending:
             pending = self._guard_deletes(pending)
         if not pending:
-            return
-        ops = [p.op for p in pending]
-        self._batch_metric.observe(len(ops))
+            return None
         if self.dry_run is not None:
+            ops = [p.op for p in pending]
+            self._batch_metric.observe(len(ops))
             self.dry_run.write(self.id, self.destination, self.adapter, ops)
             outcomes = [Outcome.applied() for _ in ops]
             self._record_outcomes(pending, outcomes, token, persist=False)
-            return
+            return None
         intent_keys = await self._write_intents(pending)
+        return _Prepared(person_ids, pending, token, intent_keys)
+
+    async def _send(self, prepared: _Prepared) -> None:
+        pending = prepared.pending
+        ops = [p.op for p in pending]
+        self._batch_metric.observe(len(ops))
         outcomes = await self._apply_split(ops)
-        self._record_outcomes(pending, outcomes, token, persist=True)
-        for partition, key in intent_keys:
+        self._record_outcomes(pending, outcomes, prepared.token, persist=True)
+        for partition, key in prepared.intent_keys:
             if self.store.owns(partition):
                 self.writer.tombstone(partition, key)
 

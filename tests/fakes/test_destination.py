@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,10 @@ class Namespace:
     ops: list[dict[str, Any]] = field(default_factory=list)  # acknowledged operations
     requests: int = 0
     noops: int = 0  # acknowledged operations that changed nothing (redundant writes)
+    #: every /apply request: (arrived, answered) wall-clock seconds and its person ids
+    applies: list[tuple[float, float, list[str]]] = field(default_factory=list)
+    concurrent: int = 0  # /apply requests being served now
+    max_concurrent: int = 0  # the most ever served at once (one activation: must stay 1)
 
 
 class TestDestination(LoopbackEmulator):
@@ -52,6 +57,7 @@ class TestDestination(LoopbackEmulator):
         self._held = threading.Event()
         self.held_count = 0
         self._drop_held = False
+        self._applying = threading.local()
 
     def url(self, namespace: str) -> str:
         return f"{self.root_url}/{namespace}"
@@ -111,20 +117,36 @@ class TestDestination(LoopbackEmulator):
             for ns in self.namespaces.values():
                 ns.ops.clear()
                 ns.noops = 0
+                ns.applies.clear()
 
     # --- serving -----------------------------------------------------------------------
 
     def _process(
         self, method: str, target: str, headers: dict[str, str], raw: bytes
     ) -> Reply | None:
-        if self._hold.is_set() and target.endswith("/apply"):
+        if not target.endswith("/apply"):
+            return super()._process(method, target, headers, raw)
+        ns = self.ns(target.strip("/").split("/")[0])
+        arrived = time.time()
+        with self._lock:
+            ns.concurrent += 1
+            ns.max_concurrent = max(ns.max_concurrent, ns.concurrent)
+        self._applying.persons = []
+        try:
+            if self._hold.is_set():
+                with self._lock:
+                    self.held_count += 1
+                self._held.set()
+                self._released.wait(120)
+                if self._drop_held:
+                    return None
+            reply = super()._process(method, target, headers, raw)
             with self._lock:
-                self.held_count += 1
-            self._held.set()
-            self._released.wait(120)
-            if self._drop_held:
-                return None
-        return super()._process(method, target, headers, raw)
+                ns.applies.append((arrived, time.time(), self._applying.persons))
+            return reply
+        finally:
+            with self._lock:
+                ns.concurrent -= 1
 
     def fault_body(self, status: int) -> Any:
         return {"reason": f"http_{status}", "message": "injected failure"}
@@ -162,6 +184,7 @@ class TestDestination(LoopbackEmulator):
 
     def _apply(self, ns: Namespace, op: dict[str, Any]) -> dict[str, Any]:
         pid = op["person_id"]
+        self._applying.persons.append(pid)
         if pid in self._rejects:
             reason, message = self._rejects[pid]
             return {"status": "rejected", "reason": reason, "message": message}

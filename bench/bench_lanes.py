@@ -5,8 +5,9 @@ work, 150,000 times, on the event-loop thread. This script measures it alone, in
 without Kafka or HTTP, so a change to it can be compared in seconds instead of in noisy
 end-to-end runs:
 
-- the engine's real ``ActivationWorker._process`` on batches of ``--max-size`` persons, with the
-  benchmark's activation ``act-a`` (mirror, 4 mapped fields, the plain adapter formatting);
+- the engine's real ``ActivationWorker._prepare`` and ``_send`` on batches of ``--max-size``
+  persons, with the benchmark's activation ``act-a`` (mirror, 4 mapped fields, the plain
+  adapter formatting);
 - the adapter acknowledges every operation at once (no request is built);
 - the ``StateWriter`` is the real one on a stand-in producer that keeps each record and serves
   its delivery report on the next ``poll`` (the real callback, in the measuring thread);
@@ -172,7 +173,10 @@ def one_round(persons: int, max_size: int, seed: int) -> tuple[float, float, int
     async def one_pass() -> float:
         started = time.process_time()
         for i in range(0, persons, max_size):
-            await worker._process(ids[i : i + max_size])
+            # a batch as the lane handles it: reconcile and intents, then send and outcomes
+            prepared = await worker._prepare(ids[i : i + max_size])
+            if prepared is not None:
+                await worker._send(prepared)
             producer.poll()
         return (time.process_time() - started) / persons * 1e6
 
